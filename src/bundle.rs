@@ -1,0 +1,269 @@
+//! Validation of the registration answer before anything is written: the
+//! server is trusted to sign our key, not to choose paths on the device or to
+//! hand us a certificate for someone else's key.
+
+use crate::error::{Error, ErrorKind, Result};
+use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
+use std::collections::BTreeMap;
+use std::fmt;
+use x509_parser::prelude::*;
+
+pub const CLIENT_CERT: &str = "client.pem";
+pub const CLIENT_CHAIN: &str = "client.chained";
+pub const ROOT_CERT: &str = "root.crt";
+pub const SOTA_TOML: &str = "sota.toml";
+
+/// The only names written into the sota dir, in the order they are
+/// committed: `sota.toml` last, because its appearance starts fioconfig and
+/// aktualizr-lite.
+pub const ALLOWED_FILES: [&str; 4] = [ROOT_CERT, CLIENT_CHAIN, CLIENT_CERT, SOTA_TOML];
+const MAX_VALUE_BYTES: usize = 256 * 1024;
+const MAX_ENTRIES: usize = 32;
+
+/// A validated answer: allow-listed names, parsed and verified contents.
+#[derive(Debug, Clone)]
+pub struct Bundle {
+    pub files: BTreeMap<&'static str, String>,
+    /// Entries with a harmless but unknown name, reported and not written.
+    pub ignored: Vec<String>,
+    pub sota_toml: toml::Table,
+}
+
+/// Whether `name` could even be a plain file name in the sota dir; unsafe
+/// names make the whole answer suspect.
+fn is_safe_file_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+struct StrictStringMap(Vec<(String, String)>);
+
+impl<'de> Deserialize<'de> for StrictStringMap {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        struct MapVisitor;
+        impl<'de> Visitor<'de> for MapVisitor {
+            type Value = StrictStringMap;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON object mapping file names to strings")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<Self::Value, A::Error> {
+                let mut entries: Vec<(String, String)> = Vec::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    if entries.iter().any(|(k, _)| *k == key) {
+                        return Err(serde::de::Error::custom(format!("duplicate key {key:?}")));
+                    }
+                    if entries.len() == MAX_ENTRIES {
+                        return Err(serde::de::Error::custom("too many entries"));
+                    }
+                    let value = map.next_value::<String>().map_err(|_| {
+                        serde::de::Error::custom(format!("the value of {key:?} is not a string"))
+                    })?;
+                    entries.push((key, value));
+                }
+                Ok(StrictStringMap(entries))
+            }
+        }
+        deserializer.deserialize_map(MapVisitor)
+    }
+}
+
+fn bad(message: impl fmt::Display) -> Error {
+    Error::new(
+        ErrorKind::BadResponse,
+        format!("the server's answer was refused: {message}"),
+    )
+}
+
+fn parse_pem_certs(text: &str, what: &str) -> Result<Vec<Vec<u8>>> {
+    let mut ders = Vec::new();
+    for pem in Pem::iter_from_buffer(text.as_bytes()) {
+        let pem = pem.map_err(|e| bad(format!("{what} is not valid PEM: {e}")))?;
+        if pem.label != "CERTIFICATE" {
+            return Err(bad(format!("{what} holds a {:?} block, not a certificate", pem.label)));
+        }
+        X509Certificate::from_der(&pem.contents)
+            .map_err(|e| bad(format!("{what} holds an unparsable certificate: {e}")))?;
+        ders.push(pem.contents);
+    }
+    if ders.is_empty() {
+        return Err(bad(format!("{what} holds no certificate")));
+    }
+    Ok(ders)
+}
+
+fn cert(der: &[u8]) -> X509Certificate<'_> {
+    // Every DER here was parsed once already in `parse_pem_certs`.
+    X509Certificate::from_der(der).expect("certificate parsed before").1
+}
+
+fn describe(cert: &X509Certificate<'_>) -> String {
+    cert.subject().to_string()
+}
+
+/// When to check certificate validity, and whether the clock can be trusted
+/// for it.
+#[derive(Debug, Clone, Copy)]
+pub struct ValidityCheck {
+    pub now: ASN1Time,
+}
+
+impl ValidityCheck {
+    pub fn at_system_time() -> Self {
+        ValidityCheck {
+            now: ASN1Time::now(),
+        }
+    }
+}
+
+/// Checks the 201 body: shape, names, that `client.pem` certifies
+/// `our_public_key` (raw EC point), that the chain verifies to `root.crt`,
+/// and that `sota.toml` parses.
+pub fn validate(body: &[u8], our_public_key: &[u8], clock: ValidityCheck) -> Result<Bundle> {
+    let text = std::str::from_utf8(body).map_err(|_| bad("it is not valid UTF-8"))?;
+    let StrictStringMap(entries) =
+        serde_json::from_str(text).map_err(|e| bad(format!("it is not the expected JSON: {e}")))?;
+
+    let mut files = BTreeMap::new();
+    let mut ignored = Vec::new();
+    for (name, value) in entries {
+        if !is_safe_file_name(&name) {
+            return Err(bad(format!(
+                "it names a file {:?} that is not a plain file name",
+                name.escape_debug().to_string()
+            )));
+        }
+        if value.len() > MAX_VALUE_BYTES {
+            return Err(bad(format!("{name} is larger than {MAX_VALUE_BYTES} bytes")));
+        }
+        match ALLOWED_FILES.iter().find(|allowed| **allowed == name) {
+            Some(allowed) => {
+                files.insert(*allowed, value);
+            }
+            None => ignored.push(name),
+        }
+    }
+    for required in [CLIENT_CERT, SOTA_TOML] {
+        if !files.contains_key(required) {
+            return Err(bad(format!("it has no {required}")));
+        }
+    }
+
+    let client = parse_pem_certs(&files[CLIENT_CERT], CLIENT_CERT)?;
+    if client.len() != 1 {
+        return Err(bad(format!(
+            "{CLIENT_CERT} holds {} certificates, expected exactly one",
+            client.len()
+        )));
+    }
+    let leaf = cert(&client[0]);
+    if leaf.public_key().subject_public_key.data.as_ref() != our_public_key {
+        return Err(bad(format!(
+            "{CLIENT_CERT} certifies a different key than this device's ({})",
+            describe(&leaf)
+        )));
+    }
+    let validity = leaf.validity();
+    if clock.now < validity.not_before {
+        return Err(bad(format!(
+            "{CLIENT_CERT} is not valid before {}",
+            validity.not_before
+        )));
+    }
+    if clock.now > validity.not_after {
+        return Err(bad(format!("{CLIENT_CERT} expired on {}", validity.not_after)));
+    }
+
+    if let (Some(chained), Some(root)) = (files.get(CLIENT_CHAIN), files.get(ROOT_CERT)) {
+        let chain = parse_pem_certs(chained, CLIENT_CHAIN)?;
+        let roots = parse_pem_certs(root, ROOT_CERT)?;
+        if chain[0] != client[0] {
+            return Err(bad(format!(
+                "{CLIENT_CHAIN} does not start with the certificate of {CLIENT_CERT}"
+            )));
+        }
+        verify_chain(&chain, &roots)?;
+    } else if let Some(root) = files.get(ROOT_CERT) {
+        parse_pem_certs(root, ROOT_CERT)?;
+    }
+
+    let sota_toml: toml::Table = files[SOTA_TOML]
+        .parse()
+        .map_err(|e| bad(format!("{SOTA_TOML} is not valid TOML: {e}")))?;
+
+    Ok(Bundle {
+        files,
+        ignored,
+        sota_toml,
+    })
+}
+
+/// Each certificate must be signed by the next; the last by one of `roots`
+/// (or be one of them).
+fn verify_chain(chain: &[Vec<u8>], roots: &[Vec<u8>]) -> Result<()> {
+    for pair in chain.windows(2) {
+        let (child, parent) = (cert(&pair[0]), cert(&pair[1]));
+        child
+            .verify_signature(Some(parent.public_key()))
+            .map_err(|_| {
+                bad(format!(
+                    "in {CLIENT_CHAIN}, {} is not signed by {}",
+                    describe(&child),
+                    describe(&parent)
+                ))
+            })?;
+    }
+    let last_der = chain.last().expect("chain is not empty");
+    if roots.iter().any(|root| root == last_der) {
+        return Ok(());
+    }
+    let last = cert(last_der);
+    let anchored = roots.iter().any(|root| {
+        let root = cert(root);
+        last.verify_signature(Some(root.public_key())).is_ok()
+    });
+    if anchored {
+        Ok(())
+    } else {
+        Err(bad(format!(
+            "{CLIENT_CHAIN} does not lead to {ROOT_CERT}: {} is not signed by it",
+            describe(&last)
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn safe_names() {
+        for good in ["client.pem", "sota.toml", "root.crt", "client.chained", "x_1-2"] {
+            assert!(is_safe_file_name(good), "{good}");
+        }
+        for evil in ["../x", "/etc/x", ".hidden", "a\0b", "", "a/b", "..", "é", &"a".repeat(65)] {
+            assert!(!is_safe_file_name(evil), "{evil:?}");
+        }
+    }
+
+    #[test]
+    fn shape_errors_are_reported() {
+        let clock = ValidityCheck::at_system_time();
+        let cases: [(&[u8], &str); 6] = [
+            (b"not json", "not the expected JSON"),
+            (b"[1,2]", "not the expected JSON"),
+            (br#"{"client.pem": 5}"#, "is not a string"),
+            (br#"{"a": "x", "a": "y"}"#, "duplicate key"),
+            (b"\xff\xfe", "not valid UTF-8"),
+            (br#"{"sota.toml": "x = 1"}"#, "no client.pem"),
+        ];
+        for (body, expected) in cases {
+            let err = validate(body, b"key", clock).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::BadResponse);
+            assert!(err.to_string().contains(expected), "{err} should say {expected}");
+        }
+    }
+}

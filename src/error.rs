@@ -1,0 +1,141 @@
+//! One error type for the whole agent. Every failure carries a kind, and the
+//! kind alone decides the process exit code (documented in README.md).
+
+use std::fmt;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// A bug or an unexpected local failure (I/O, ...).
+    Internal,
+    /// Bad flags, environment or configuration files.
+    Config,
+    /// The device already has a registration (and `--force` was not given).
+    AlreadyRegistered,
+    /// The registration API answered with a final refusal (4xx).
+    Rejected,
+    /// The API could not be reached or kept failing (network, timeouts, 5xx).
+    Unavailable,
+    /// The API answered 201 but the answer cannot be trusted or used.
+    BadResponse,
+    /// The PKCS#11 module or token failed.
+    Hsm,
+    /// Another registration or aktualizr-lite holds the device.
+    Busy,
+    /// SIGINT/SIGTERM arrived; the run stopped cleanly.
+    Interrupted,
+}
+
+impl ErrorKind {
+    pub fn exit_code(self) -> u8 {
+        match self {
+            ErrorKind::Internal => 1,
+            ErrorKind::Config => 2,
+            ErrorKind::AlreadyRegistered => 3,
+            ErrorKind::Rejected => 4,
+            ErrorKind::Unavailable => 5,
+            ErrorKind::BadResponse => 6,
+            ErrorKind::Hsm => 7,
+            ErrorKind::Busy => 8,
+            ErrorKind::Interrupted => 9,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Internal => "internal",
+            ErrorKind::Config => "config",
+            ErrorKind::AlreadyRegistered => "already-registered",
+            ErrorKind::Rejected => "rejected",
+            ErrorKind::Unavailable => "unavailable",
+            ErrorKind::BadResponse => "bad-response",
+            ErrorKind::Hsm => "hsm",
+            ErrorKind::Busy => "busy",
+            ErrorKind::Interrupted => "interrupted",
+        }
+    }
+}
+
+pub struct Error {
+    kind: ErrorKind,
+    inner: anyhow::Error,
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn new(kind: ErrorKind, message: impl fmt::Display + Send + Sync + 'static) -> Self {
+        Error {
+            kind,
+            inner: anyhow::anyhow!("{message}"),
+        }
+    }
+
+    pub fn config(message: impl fmt::Display + Send + Sync + 'static) -> Self {
+        Error::new(ErrorKind::Config, message)
+    }
+
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// Adds what was being done when the error happened, keeping the kind.
+    pub fn context(self, context: impl fmt::Display + Send + Sync + 'static) -> Self {
+        Error {
+            kind: self.kind,
+            inner: self.inner.context(context),
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // `{:#}` prints the whole chain on one line: "doing X: because Y".
+        write!(f, "{:#}", self.inner)
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}: {:#}", self.kind, self.inner)
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// Attaches a kind and a context to any error, e.g. an `io::Error`.
+pub trait ResultExt<T> {
+    fn kind_context<C>(self, kind: ErrorKind, context: C) -> Result<T>
+    where
+        C: fmt::Display + Send + Sync + 'static;
+
+    fn with_kind_context<C, F>(self, kind: ErrorKind, context: F) -> Result<T>
+    where
+        C: fmt::Display + Send + Sync + 'static,
+        F: FnOnce() -> C;
+}
+
+impl<T, E> ResultExt<T> for std::result::Result<T, E>
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    fn kind_context<C>(self, kind: ErrorKind, context: C) -> Result<T>
+    where
+        C: fmt::Display + Send + Sync + 'static,
+    {
+        self.map_err(|e| Error {
+            kind,
+            inner: anyhow::Error::new(e).context(context),
+        })
+    }
+
+    fn with_kind_context<C, F>(self, kind: ErrorKind, context: F) -> Result<T>
+    where
+        C: fmt::Display + Send + Sync + 'static,
+        F: FnOnce() -> C,
+    {
+        self.map_err(|e| Error {
+            kind,
+            inner: anyhow::Error::new(e).context(context()),
+        })
+    }
+}

@@ -1,0 +1,26 @@
+//! Log output: plain lines on stderr for a technician, the journal when
+//! systemd runs the agent. Secrets are never logged: they are held in
+//! `Secret`, whose formatting is redacted.
+
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
+pub fn init(to_journald: bool) {
+    let filter = tracing_subscriber::filter::LevelFilter::INFO;
+    if to_journald {
+        if let Ok(journald) = tracing_journald::layer() {
+            let _ = tracing_subscriber::registry()
+                .with(journald.with_syslog_identifier("lmp-device-register".into()))
+                .with(filter)
+                .try_init();
+            return;
+        }
+    }
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(filter)
+        .without_time()
+        .with_target(false)
+        .with_ansi(false)
+        .try_init();
+}
