@@ -18,7 +18,6 @@ pub const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
 const MAX_SHOWN_ERROR_CHARS: usize = 2000;
 
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// `section -> key -> TOML literal`; an empty literal unsets the key.
 pub type Overrides = BTreeMap<&'static str, BTreeMap<&'static str, String>>;
@@ -51,6 +50,9 @@ pub enum Credentials {
 pub enum ApiError {
     /// Could not connect, timed out, or the connection broke.
     Transport(String),
+    /// The TLS handshake failed: the server is not who it should be (or we
+    /// trust the wrong CA). Retrying cannot fix that.
+    Tls(String),
     /// The server answered something other than what we asked for.
     Status {
         code: u16,
@@ -65,6 +67,10 @@ impl fmt::Display for ApiError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ApiError::Transport(msg) => write!(f, "{msg}"),
+            ApiError::Tls(msg) => write!(
+                f,
+                "{msg} (to trust a factory CA, pass --cacert or set DEVICE_API_CACERT)"
+            ),
             ApiError::Status { code, message, .. } if message.is_empty() => {
                 write!(f, "HTTP {code}")
             }
@@ -84,7 +90,7 @@ impl Retryable for ApiError {
                 408 | 429 | 500..=599 => Some(*retry_after),
                 _ => None,
             },
-            ApiError::Body(_) => None,
+            ApiError::Tls(_) | ApiError::Body(_) => None,
         }
     }
 }
@@ -94,6 +100,7 @@ impl ApiError {
     pub fn into_error(self, what: &str) -> Error {
         let kind = match &self {
             ApiError::Transport(_) => ErrorKind::Unavailable,
+            ApiError::Tls(_) => ErrorKind::Config,
             ApiError::Status { code: 409, .. } => ErrorKind::AlreadyRegistered,
             ApiError::Status { code, .. } if self.retry_hint().is_some() || *code < 400 => {
                 if (300..400).contains(code) {
@@ -125,10 +132,10 @@ pub struct ApiClient {
 
 impl ApiClient {
     /// `cacert`: trust only this PEM bundle instead of the system roots.
-    pub fn new(cacert: Option<&Path>) -> Result<Self, Error> {
+    pub fn new(cacert: Option<&Path>, request_timeout: Duration) -> Result<Self, Error> {
         let mut builder = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .timeout(REQUEST_TIMEOUT)
+            .connect_timeout(CONNECT_TIMEOUT.min(request_timeout))
+            .timeout(request_timeout)
             // A redirect would carry the token to wherever the server says.
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("lmp-device-register/", env!("CARGO_PKG_VERSION")));
@@ -226,8 +233,17 @@ pub fn transport_error(error: reqwest::Error) -> ApiError {
     // reqwest's Display omits the cause ("error sending request"), which is
     // what a technician needs ("connection refused", "certificate ...").
     let mut message = error.to_string();
+    let mut tls_failure = false;
     let mut source = std::error::Error::source(&error);
     while let Some(cause) = source {
+        // io::Error hides the error it wraps from source(): look inside.
+        let wrapped = cause
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .map(|inner| inner as &(dyn std::error::Error + 'static));
+        if cause.is::<rustls::Error>() || wrapped.is_some_and(|w| w.is::<rustls::Error>()) {
+            tls_failure = true;
+        }
         message.push_str(": ");
         message.push_str(&cause.to_string());
         source = cause.source();
@@ -235,7 +251,11 @@ pub fn transport_error(error: reqwest::Error) -> ApiError {
     if error.is_timeout() {
         message.push_str(" (timed out)");
     }
-    ApiError::Transport(message)
+    if tls_failure {
+        ApiError::Tls(message)
+    } else {
+        ApiError::Transport(message)
+    }
 }
 
 /// Reads at most `MAX_RESPONSE_BYTES`, so a hostile server cannot exhaust

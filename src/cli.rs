@@ -122,4 +122,16 @@ pub struct Cli {
     /// Print one JSON object with the result on stdout.
     #[arg(long)]
     pub json: bool,
+
+    /// First-boot mode for the systemd unit: an existing registration is success, and network failures are retried until the deadline.
+    #[arg(long)]
+    pub boot: bool,
+
+    /// Stop retrying network failures after this many seconds [default: 60, or 1800 with --boot].
+    #[arg(long, value_name = "SECONDS")]
+    pub retry_deadline: Option<u64>,
+
+    /// Give up on one HTTP request after this many seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub request_timeout: u64,
 }

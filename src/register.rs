@@ -6,14 +6,17 @@ use crate::bundle::{self, Bundle, ValidityCheck};
 use crate::csr::{build_csr_pem, CsrSubject};
 use crate::error::{Error, ErrorKind, Result};
 use crate::hooks::{self, StepOutcome};
+use crate::clock;
 use crate::key::SoftwareKey;
-use crate::retry::{retry, RetryPolicy};
+use crate::pending::{self, Pending};
+use crate::retry::retry;
 use crate::settings::Settings;
 use crate::sotadir::{self, StagedFile, PRIVATE_KEY, PRIVATE_MODE, PUBLIC_MODE};
 use rcgen::PublicKeyData;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
+use std::time::SystemTime;
 
 /// What a successful run did, for the log and for `--json`.
 #[derive(Debug, Serialize)]
@@ -85,31 +88,41 @@ fn log_settings(settings: &Settings) {
     }
 }
 
+/// What the pre-flight found.
+enum Preflight {
+    Proceed(sotadir::DirLock),
+    /// Registered already, which first-boot mode treats as success.
+    Registered(Vec<&'static str>),
+}
+
 /// Checks that must pass before any key or request is made.
-fn preflight(settings: &Settings) -> Result<sotadir::DirLock> {
+fn preflight(settings: &Settings) -> Result<Preflight> {
     sotadir::prepare(&settings.sota_dir)?;
     let lock = sotadir::DirLock::acquire(&settings.sota_dir)?;
     sotadir::recover(&settings.sota_dir)?;
     sotadir::ensure_aklite_not_running(&settings.aklite_lock)?;
     let markers = sotadir::registration_markers(&settings.sota_dir);
-    if !markers.is_empty() {
-        if settings.force {
-            tracing::warn!(
-                "--force: the registration in {} will be replaced once the new one is complete",
-                settings.sota_dir.display()
-            );
-        } else {
-            return Err(Error::new(
-                ErrorKind::AlreadyRegistered,
-                format!(
-                    "this device is already registered ({} present in {}); use --force to register it again",
-                    markers.join(" and "),
-                    settings.sota_dir.display()
-                ),
-            ));
-        }
+    if markers.is_empty() {
+        return Ok(Preflight::Proceed(lock));
     }
-    Ok(lock)
+    if settings.force {
+        tracing::warn!(
+            "--force: the registration in {} will be replaced once the new one is complete",
+            settings.sota_dir.display()
+        );
+        return Ok(Preflight::Proceed(lock));
+    }
+    if settings.boot {
+        return Ok(Preflight::Registered(markers));
+    }
+    Err(Error::new(
+        ErrorKind::AlreadyRegistered,
+        format!(
+            "this device is already registered ({} present in {}); use --force to register it again",
+            markers.join(" and "),
+            settings.sota_dir.display()
+        ),
+    ))
 }
 
 async fn credentials(settings: &Settings, client: &ApiClient, uuid: &str) -> Result<Credentials> {
@@ -119,7 +132,7 @@ async fn credentials(settings: &Settings, client: &ApiClient, uuid: &str) -> Res
             token: token.clone(),
         });
     }
-    if !std::io::stdin().is_terminal() {
+    if settings.boot || !std::io::stdin().is_terminal() {
         return Err(Error::config(
             "no API token: provide /etc/lmp-device-register-token, --api-token-file or TOKEN_FILE (interactive OAuth needs a terminal)",
         ));
@@ -135,23 +148,38 @@ async fn credentials(settings: &Settings, client: &ApiClient, uuid: &str) -> Res
     Ok(Credentials::Bearer(token))
 }
 
-pub async fn register(settings: &Settings) -> Result<Outcome> {
-    log_settings(settings);
-    if settings.hsm.is_some() {
-        return Err(Error::new(
-            ErrorKind::Hsm,
-            "PKCS#11 keys are not supported by this build",
-        ));
+/// The identity to register: the one of an unfinished earlier attempt when
+/// there is one (so the server never sees two devices), else a new one.
+/// Returns it with whether it was resumed.
+fn identity(settings: &Settings) -> Result<(Pending, bool)> {
+    let earlier = match pending::load(&settings.sota_dir)? {
+        Some(earlier) if settings.force => {
+            tracing::warn!("--force: discarding the unfinished registration of {}", earlier.uuid);
+            None
+        }
+        Some(earlier) if settings.uuid.as_ref().is_some_and(|u| *u != earlier.uuid) => {
+            tracing::warn!(
+                "discarding the unfinished registration of {}: --uuid asks for another device",
+                earlier.uuid
+            );
+            None
+        }
+        Some(earlier) if earlier.software_key.is_none() => {
+            tracing::warn!(
+                "discarding the unfinished registration of {}: its key was in a PKCS#11 token",
+                earlier.uuid
+            );
+            None
+        }
+        other => other,
+    };
+    if let Some(earlier) = earlier {
+        tracing::info!(
+            "resuming the unfinished registration of {} with its key",
+            earlier.uuid
+        );
+        return Ok((earlier, true));
     }
-    let _lock = preflight(settings)?;
-    let policy = RetryPolicy::interactive();
-
-    let mut client = ApiClient::new(settings.cacert.as_deref())?;
-    let status = retry(&policy, "reaching DEVICE_API", |_| client.probe(&settings.device_api))
-        .await
-        .map_err(|e| e.into_error(&format!("cannot reach {}", settings.device_api)))?;
-    tracing::debug!("DEVICE_API answered HEAD with HTTP {status}");
-
     let uuid = match &settings.uuid {
         Some(uuid) => uuid.clone(),
         None => {
@@ -160,12 +188,105 @@ pub async fn register(settings: &Settings) -> Result<Outcome> {
             uuid
         }
     };
+    let key = SoftwareKey::generate()?;
+    Ok((
+        Pending {
+            uuid,
+            software_key: Some(key.private_pem()),
+        },
+        false,
+    ))
+}
+
+/// Whether the identity of a failed attempt must be kept for the next run:
+/// yes when the server may have accepted it (the answer never arrived, or it
+/// says the device exists already and this identity comes from an earlier
+/// attempt), no when the refusal is definite.
+fn keep_identity_after(error: &Error, resumed: bool) -> bool {
+    match error.kind() {
+        ErrorKind::Unavailable | ErrorKind::Interrupted => true,
+        ErrorKind::AlreadyRegistered => resumed,
+        _ => false,
+    }
+}
+
+pub async fn register(settings: &Settings) -> Result<Outcome> {
+    log_settings(settings);
+    if settings.hsm.is_some() {
+        return Err(Error::new(
+            ErrorKind::Hsm,
+            "PKCS#11 keys are not supported by this build",
+        ));
+    }
+    let _lock = match preflight(settings)? {
+        Preflight::Proceed(lock) => lock,
+        Preflight::Registered(markers) => {
+            tracing::info!(
+                "already registered ({} present in {}); nothing to do",
+                markers.join(" and "),
+                settings.sota_dir.display()
+            );
+            return Ok(Outcome {
+                status: "already-registered",
+                uuid: String::new(),
+                name: String::new(),
+                factory: settings.factory.clone(),
+                sota_dir: settings.sota_dir.display().to_string(),
+                files: Vec::new(),
+                fioconfig: StepOutcome::Skipped,
+                aktualizr_lite: StepOutcome::Skipped,
+            });
+        }
+    };
+    let policy = &settings.retry;
+
+    let mut client = ApiClient::new(settings.cacert.as_deref(), settings.request_timeout)?;
+    let status = retry(policy, "reaching DEVICE_API", |_| client.probe(&settings.device_api))
+        .await
+        .map_err(|e| e.into_error(&format!("cannot reach {}", settings.device_api)))?;
+    tracing::debug!("DEVICE_API answered HEAD with HTTP {status}");
+
+    clock::wait_for_plausible_time(
+        clock::earliest_plausible_time(),
+        settings.clock_wait,
+        SystemTime::now,
+    )
+    .await?;
+
+    let (identity, resumed) = identity(settings)?;
+    let result = register_identity(settings, &mut client, &identity).await;
+    match &result {
+        Err(error) if !keep_identity_after(error, resumed) => {
+            if let Err(e) = pending::remove(&settings.sota_dir) {
+                tracing::warn!("{e}");
+            }
+        }
+        Err(_) => tracing::info!(
+            "kept the identity of {} for the next attempt",
+            identity.uuid
+        ),
+        Ok(_) => {}
+    }
+    result
+}
+
+async fn register_identity(
+    settings: &Settings,
+    client: &mut ApiClient,
+    identity: &Pending,
+) -> Result<Outcome> {
+    let uuid = identity.uuid.clone();
     let name = settings.name.clone().unwrap_or_else(|| uuid.clone());
     tracing::info!("device UUID {uuid}, name {name}");
 
-    client.set_credentials(credentials(settings, &client, &uuid).await?);
+    client.set_credentials(credentials(settings, client, &uuid).await?);
 
-    let key = SoftwareKey::generate()?;
+    let private_pem = identity
+        .software_key
+        .as_ref()
+        .expect("software identities carry their key");
+    let key = SoftwareKey::from_pem(private_pem)?;
+    pending::save(&settings.sota_dir, identity)?;
     let csr = build_csr_pem(
         &key,
         &CsrSubject {
@@ -187,7 +308,7 @@ pub async fn register(settings: &Settings) -> Result<Outcome> {
         group: settings.group.as_deref(),
         overrides: &overrides,
     };
-    let body = retry(&policy, "registering", |_| {
+    let body = retry(&settings.retry, "registering", |_| {
         client.register(&settings.device_api, &request)
     })
     .await
@@ -197,7 +318,6 @@ pub async fn register(settings: &Settings) -> Result<Outcome> {
     for name in &bundle.ignored {
         tracing::warn!("the server sent {name:?}, which is not a registration file; not written");
     }
-    let private_pem = key.private_pem();
     let files = write_registration(settings, &bundle, Some(private_pem.expose().as_bytes()))?;
     tracing::info!(
         "registered device {uuid} ({name}); wrote {} to {}",
@@ -255,7 +375,7 @@ fn write_registration(
         }
     }
     // aktualizr-lite's database belongs to the identity being replaced.
-    let mut obsolete = vec!["sql.db"];
+    let mut obsolete = vec!["sql.db", pending::PENDING_FILE];
     if private_key_pem.is_none() {
         obsolete.push(PRIVATE_KEY);
     }

@@ -29,6 +29,17 @@ impl RetryPolicy {
         }
     }
 
+    /// First boot: nobody is watching, the network may come up late and a
+    /// whole production line may be hitting the server at once.
+    pub fn boot() -> Self {
+        RetryPolicy {
+            base_delay: Duration::from_secs(2),
+            max_delay: Duration::from_secs(300),
+            deadline: Duration::from_secs(30 * 60),
+            max_attempts: u32::MAX,
+        }
+    }
+
     /// The upper bound of the jittered delay before attempt `attempt + 1`.
     fn backoff_ceiling(&self, attempt: u32) -> Duration {
         let factor = 1u32.checked_shl(attempt.saturating_sub(1)).unwrap_or(u32::MAX);

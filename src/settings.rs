@@ -4,6 +4,7 @@
 
 use crate::cli::{parse_bool_word, Cli};
 use crate::error::{Error, Result};
+use crate::retry::RetryPolicy;
 use crate::localfiles::{lookup, parse_shell_vars, parse_single_line, read_optional};
 use crate::secret::Secret;
 use std::collections::HashMap;
@@ -95,6 +96,12 @@ pub struct Settings {
     pub force: bool,
     pub json: bool,
     pub hsm: Option<HsmSettings>,
+    /// First-boot mode (see `--boot`).
+    pub boot: bool,
+    pub retry: RetryPolicy,
+    pub request_timeout: std::time::Duration,
+    /// How long to wait for time sync before making a CSR.
+    pub clock_wait: std::time::Duration,
     /// CA bundle trusted for HTTPS instead of the system roots.
     pub cacert: Option<PathBuf>,
     /// Where each setting came from, for the technician's log.
@@ -358,6 +365,15 @@ impl Settings {
 
         let hsm = resolve_hsm(cli, &under_root(paths::HSM_FILE), &mut warnings, &mut origins)?;
 
+        let mut retry = if cli.boot {
+            RetryPolicy::boot()
+        } else {
+            RetryPolicy::interactive()
+        };
+        if let Some(seconds) = cli.retry_deadline {
+            retry.deadline = std::time::Duration::from_secs(seconds);
+        }
+
         if cli.mlock_all.is_some() {
             warnings.push("--mlock-all is accepted for compatibility and has no effect".into());
         }
@@ -385,6 +401,10 @@ impl Settings {
             force: cli.force.unwrap_or(false),
             json: cli.json,
             hsm,
+            boot: cli.boot,
+            retry,
+            request_timeout: std::time::Duration::from_secs(cli.request_timeout),
+            clock_wait: std::time::Duration::from_secs(if cli.boot { 15 * 60 } else { 30 }),
             cacert: cli
                 .cacert
                 .clone()

@@ -218,7 +218,7 @@ fn apply_staging(dir: &Path, staging: &Path) -> Result<()> {
     for line in manifest.lines() {
         let (action, name) = line
             .split_once(' ')
-            .filter(|(_, name)| !name.contains('/') && !name.starts_with('.'))
+            .filter(|(_, name)| !name.contains('/') && !matches!(*name, "" | "." | ".."))
             .ok_or_else(|| {
                 Error::new(
                     ErrorKind::Internal,
