@@ -142,7 +142,10 @@ impl ApiClient {
         if let Some(path) = cacert {
             let pem = crate::localfiles::read_required(path)?;
             let certs = reqwest::Certificate::from_pem_bundle(pem.as_bytes()).map_err(|e| {
-                Error::config(format!("{}: not a PEM certificate bundle: {e}", path.display()))
+                Error::config(format!(
+                    "{}: not a PEM certificate bundle: {e}",
+                    path.display()
+                ))
             })?;
             if certs.is_empty() {
                 return Err(Error::config(format!(
@@ -223,8 +226,9 @@ impl ApiClient {
 }
 
 fn sensitive_header(value: &str) -> Result<reqwest::header::HeaderValue, ApiError> {
-    let mut value = reqwest::header::HeaderValue::from_str(value)
-        .map_err(|_| ApiError::Body("the API token contains characters not allowed in an HTTP header".into()))?;
+    let mut value = reqwest::header::HeaderValue::from_str(value).map_err(|_| {
+        ApiError::Body("the API token contains characters not allowed in an HTTP header".into())
+    })?;
     value.set_sensitive(true);
     Ok(value)
 }
@@ -233,21 +237,13 @@ pub fn transport_error(error: reqwest::Error) -> ApiError {
     // reqwest's Display omits the cause ("error sending request"), which is
     // what a technician needs ("connection refused", "certificate ...").
     let mut message = error.to_string();
-    let mut tls_failure = false;
     let mut source = std::error::Error::source(&error);
     while let Some(cause) = source {
-        // io::Error hides the error it wraps from source(): look inside.
-        let wrapped = cause
-            .downcast_ref::<std::io::Error>()
-            .and_then(|io| io.get_ref())
-            .map(|inner| inner as &(dyn std::error::Error + 'static));
-        if cause.is::<rustls::Error>() || wrapped.is_some_and(|w| w.is::<rustls::Error>()) {
-            tls_failure = true;
-        }
         message.push_str(": ");
         message.push_str(&cause.to_string());
         source = cause.source();
     }
+    let tls_failure = caused_by_tls(&error);
     if error.is_timeout() {
         message.push_str(" (timed out)");
     }
@@ -256,6 +252,21 @@ pub fn transport_error(error: reqwest::Error) -> ApiError {
     } else {
         ApiError::Transport(message)
     }
+}
+
+/// Whether a rustls error is somewhere in the chain. io::Error hides the
+/// error it wraps from `source()`, and hyper nests io::Errors, so look inside.
+fn caused_by_tls(error: &(dyn std::error::Error + 'static)) -> bool {
+    if error.is::<rustls::Error>() {
+        return true;
+    }
+    if let Some(inner) = error
+        .downcast_ref::<std::io::Error>()
+        .and_then(|io| io.get_ref())
+    {
+        return caused_by_tls(inner);
+    }
+    error.source().is_some_and(caused_by_tls)
 }
 
 /// Reads at most `MAX_RESPONSE_BYTES`, so a hostile server cannot exhaust
@@ -345,7 +356,10 @@ mod tests {
 
     #[test]
     fn server_messages_are_extracted_from_json_and_text() {
-        assert_eq!(server_message(b"Invalid factory(x) must be y\n"), "Invalid factory(x) must be y");
+        assert_eq!(
+            server_message(b"Invalid factory(x) must be y\n"),
+            "Invalid factory(x) must be y"
+        );
         assert_eq!(server_message(br#"{"error": "bad csr"}"#), "bad csr");
         assert_eq!(
             server_message(br#"{"errors": {"name": ["is taken"], "csr": "bad"}}"#),
@@ -360,7 +374,10 @@ mod tests {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         assert_eq!(parse_retry_after("7", now), Some(Duration::from_secs(7)));
         let later = httpdate::fmt_http_date(now + Duration::from_secs(30));
-        assert_eq!(parse_retry_after(&later, now), Some(Duration::from_secs(30)));
+        assert_eq!(
+            parse_retry_after(&later, now),
+            Some(Duration::from_secs(30))
+        );
         let earlier = httpdate::fmt_http_date(now - Duration::from_secs(30));
         assert_eq!(parse_retry_after(&earlier, now), Some(Duration::ZERO));
         assert_eq!(parse_retry_after("soon", now), None);
@@ -380,7 +397,10 @@ mod tests {
         for code in [400, 401, 403, 404, 409, 307] {
             assert!(status(code).retry_hint().is_none(), "{code}");
         }
-        assert_eq!(status(409).into_error("x").kind(), ErrorKind::AlreadyRegistered);
+        assert_eq!(
+            status(409).into_error("x").kind(),
+            ErrorKind::AlreadyRegistered
+        );
         assert_eq!(status(400).into_error("x").kind(), ErrorKind::Rejected);
         assert_eq!(status(503).into_error("x").kind(), ErrorKind::Unavailable);
         assert_eq!(status(307).into_error("x").kind(), ErrorKind::Rejected);

@@ -50,7 +50,10 @@ impl<'de> Deserialize<'de> for StrictStringMap {
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str("a JSON object mapping file names to strings")
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<Self::Value, A::Error> {
+            fn visit_map<A: MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<Self::Value, A::Error> {
                 let mut entries: Vec<(String, String)> = Vec::new();
                 while let Some(key) = map.next_key::<String>()? {
                     if entries.iter().any(|(k, _)| *k == key) {
@@ -83,7 +86,10 @@ fn parse_pem_certs(text: &str, what: &str) -> Result<Vec<Vec<u8>>> {
     for pem in Pem::iter_from_buffer(text.as_bytes()) {
         let pem = pem.map_err(|e| bad(format!("{what} is not valid PEM: {e}")))?;
         if pem.label != "CERTIFICATE" {
-            return Err(bad(format!("{what} holds a {:?} block, not a certificate", pem.label)));
+            return Err(bad(format!(
+                "{what} holds a {:?} block, not a certificate",
+                pem.label
+            )));
         }
         X509Certificate::from_der(&pem.contents)
             .map_err(|e| bad(format!("{what} holds an unparsable certificate: {e}")))?;
@@ -97,7 +103,9 @@ fn parse_pem_certs(text: &str, what: &str) -> Result<Vec<Vec<u8>>> {
 
 fn cert(der: &[u8]) -> X509Certificate<'_> {
     // Every DER here was parsed once already in `parse_pem_certs`.
-    X509Certificate::from_der(der).expect("certificate parsed before").1
+    X509Certificate::from_der(der)
+        .expect("certificate parsed before")
+        .1
 }
 
 fn describe(cert: &X509Certificate<'_>) -> String {
@@ -137,7 +145,9 @@ pub fn validate(body: &[u8], our_public_key: &[u8], clock: ValidityCheck) -> Res
             )));
         }
         if value.len() > MAX_VALUE_BYTES {
-            return Err(bad(format!("{name} is larger than {MAX_VALUE_BYTES} bytes")));
+            return Err(bad(format!(
+                "{name} is larger than {MAX_VALUE_BYTES} bytes"
+            )));
         }
         match ALLOWED_FILES.iter().find(|allowed| **allowed == name) {
             Some(allowed) => {
@@ -174,7 +184,10 @@ pub fn validate(body: &[u8], our_public_key: &[u8], clock: ValidityCheck) -> Res
         )));
     }
     if clock.now > validity.not_after {
-        return Err(bad(format!("{CLIENT_CERT} expired on {}", validity.not_after)));
+        return Err(bad(format!(
+            "{CLIENT_CERT} expired on {}",
+            validity.not_after
+        )));
     }
 
     if let (Some(chained), Some(root)) = (files.get(CLIENT_CHAIN), files.get(ROOT_CERT)) {
@@ -241,10 +254,26 @@ mod tests {
 
     #[test]
     fn safe_names() {
-        for good in ["client.pem", "sota.toml", "root.crt", "client.chained", "x_1-2"] {
+        for good in [
+            "client.pem",
+            "sota.toml",
+            "root.crt",
+            "client.chained",
+            "x_1-2",
+        ] {
             assert!(is_safe_file_name(good), "{good}");
         }
-        for evil in ["../x", "/etc/x", ".hidden", "a\0b", "", "a/b", "..", "é", &"a".repeat(65)] {
+        for evil in [
+            "../x",
+            "/etc/x",
+            ".hidden",
+            "a\0b",
+            "",
+            "a/b",
+            "..",
+            "é",
+            &"a".repeat(65),
+        ] {
             assert!(!is_safe_file_name(evil), "{evil:?}");
         }
     }
@@ -263,7 +292,10 @@ mod tests {
         for (body, expected) in cases {
             let err = validate(body, b"key", clock).unwrap_err();
             assert_eq!(err.kind(), ErrorKind::BadResponse);
-            assert!(err.to_string().contains(expected), "{err} should say {expected}");
+            assert!(
+                err.to_string().contains(expected),
+                "{err} should say {expected}"
+            );
         }
     }
 }

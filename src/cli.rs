@@ -17,7 +17,7 @@ pub fn parse_bool_word(word: &str) -> Result<bool, String> {
 
 /// Register this device with its factory (software key or PKCS#11 token).
 #[derive(Parser, Debug, Default, Clone)]
-#[command(name = "lmp-device-register", version, about, long_about = None)]
+#[command(name = "lmp-device-register", version, about, long_about = None, args_override_self = true)]
 pub struct Cli {
     /// API token (visible to every local user in the process list; prefer --api-token-file).
     #[arg(short = 'T', long, value_name = "TOKEN")]

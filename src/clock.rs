@@ -91,7 +91,10 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Unavailable);
-        assert!(err.to_string().contains("still earlier than this build"), "{err}");
+        assert!(
+            err.to_string().contains("still earlier than this build"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -90,7 +90,11 @@ mod tests {
             x509_parser::oid_registry::OID_SIG_ECDSA_WITH_SHA256
         );
         let info = &csr.certification_request_info;
-        let cn: Vec<_> = info.subject.iter_common_name().map(|a| a.as_str().unwrap()).collect();
+        let cn: Vec<_> = info
+            .subject
+            .iter_common_name()
+            .map(|a| a.as_str().unwrap())
+            .collect();
         let ou: Vec<_> = info
             .subject
             .iter_organizational_unit()
@@ -104,7 +108,10 @@ mod tests {
             .map(|a| a.as_str().unwrap())
             .collect();
         assert_eq!(business, ["production"]);
-        assert_eq!(info.subject_pki.subject_public_key.data.as_ref(), key.public_key_raw());
+        assert_eq!(
+            info.subject_pki.subject_public_key.data.as_ref(),
+            key.public_key_raw()
+        );
 
         let extensions: Vec<_> = csr.requested_extensions().unwrap().collect();
         let mut seen = 0;
@@ -151,7 +158,10 @@ mod tests {
         let (_, csr) = X509CertificationRequest::from_der(&der).unwrap();
         let oid = x509_parser::oid_registry::Oid::from(&[2, 5, 4, 15]).unwrap();
         assert_eq!(
-            csr.certification_request_info.subject.iter_by_oid(&oid).count(),
+            csr.certification_request_info
+                .subject
+                .iter_by_oid(&oid)
+                .count(),
             0
         );
     }

@@ -37,12 +37,16 @@ fn run(program: &str, args: &[&str]) -> StepOutcome {
     {
         Ok(output) if output.status.success() => StepOutcome::Done,
         Ok(output) => {
-            let status = output
-                .status
-                .code()
-                .map_or_else(|| "was killed by a signal".to_string(), |c| format!("exited with {c}"));
+            let status = output.status.code().map_or_else(
+                || "was killed by a signal".to_string(),
+                |c| format!("exited with {c}"),
+            );
             let detail = tail(&output.stderr);
-            let detail = if detail.is_empty() { tail(&output.stdout) } else { detail };
+            let detail = if detail.is_empty() {
+                tail(&output.stdout)
+            } else {
+                detail
+            };
             StepOutcome::Failed(format!("{shown} {status}: {detail}"))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {

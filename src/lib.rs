@@ -30,11 +30,21 @@ use std::ffi::OsString;
 /// changed by synchronous code between awaits (a commit cannot be cut in
 /// half), and drop guards undo what the run created. The handlers only wake
 /// this task; no work happens in signal context.
-async fn until_interrupted<T>(work: impl std::future::Future<Output = error::Result<T>>) -> error::Result<T> {
+async fn until_interrupted<T>(
+    work: impl std::future::Future<Output = error::Result<T>>,
+) -> error::Result<T> {
     use tokio::signal::unix::{signal, SignalKind};
-    let (mut term, mut int) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    let (mut term, mut int) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
         (Ok(term), Ok(int)) => (term, int),
-        _ => return Err(Error::new(ErrorKind::Internal, "cannot install signal handlers")),
+        _ => {
+            return Err(Error::new(
+                ErrorKind::Internal,
+                "cannot install signal handlers",
+            ))
+        }
     };
     tokio::select! {
         result = work => result,
@@ -68,7 +78,10 @@ pub fn run(args: impl IntoIterator<Item = OsString>, env: Environment) -> u8 {
     match result {
         Ok(outcome) => {
             if json {
-                println!("{}", serde_json::to_string(&outcome).expect("outcome serialises"));
+                println!(
+                    "{}",
+                    serde_json::to_string(&outcome).expect("outcome serialises")
+                );
             }
             0
         }

@@ -23,9 +23,9 @@ pub fn read_optional(path: &Path) -> Result<Option<String>> {
             })
         }
     };
-    let meta = file
-        .metadata()
-        .with_kind_context(ErrorKind::Config, || format!("cannot stat {}", path.display()))?;
+    let meta = file.metadata().with_kind_context(ErrorKind::Config, || {
+        format!("cannot stat {}", path.display())
+    })?;
     if !meta.is_file() {
         return Err(Error::config(format!(
             "{} is not a regular file",
@@ -35,7 +35,9 @@ pub fn read_optional(path: &Path) -> Result<Option<String>> {
     let mut bytes = Vec::new();
     file.take(MAX_CONFIG_FILE_BYTES + 1)
         .read_to_end(&mut bytes)
-        .with_kind_context(ErrorKind::Config, || format!("cannot read {}", path.display()))?;
+        .with_kind_context(ErrorKind::Config, || {
+            format!("cannot read {}", path.display())
+        })?;
     if bytes.len() as u64 > MAX_CONFIG_FILE_BYTES {
         return Err(Error::config(format!(
             "{} is larger than {} bytes",
@@ -91,9 +93,7 @@ pub fn parse_shell_vars(text: &str) -> std::result::Result<Vec<(String, String)>
             .split_once('=')
             .ok_or_else(|| format!("line {line_no}: expected KEY=value"))?;
         if key.is_empty()
-            || !key
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_')
+            || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
             || key.starts_with(|c: char| c.is_ascii_digit())
         {
             return Err(format!("line {line_no}: invalid variable name"));
@@ -197,7 +197,10 @@ mod tests {
     #[test]
     fn single_line_values_are_trimmed_and_checked() {
         assert_eq!(parse_single_line("  main \n", "tag").unwrap(), "main");
-        assert_eq!(parse_single_line(" \n\t", "tag").unwrap_err(), "tag is empty");
+        assert_eq!(
+            parse_single_line(" \n\t", "tag").unwrap_err(),
+            "tag is empty"
+        );
         assert_eq!(
             parse_single_line("main\ndevel\n", "tag").unwrap_err(),
             "tag must hold a single line"
@@ -207,21 +210,32 @@ mod tests {
     #[test]
     fn read_optional_rejects_directories_binary_and_oversized_files() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(read_optional(&dir.path().join("missing")).unwrap().is_none());
+        assert!(read_optional(&dir.path().join("missing"))
+            .unwrap()
+            .is_none());
 
         let err = read_optional(dir.path()).unwrap_err();
         assert!(err.to_string().contains("not a regular file"), "{err}");
 
         let binary = dir.path().join("binary");
         std::fs::write(&binary, b"ab\0cd").unwrap();
-        assert!(read_optional(&binary).unwrap_err().to_string().contains("NUL"));
+        assert!(read_optional(&binary)
+            .unwrap_err()
+            .to_string()
+            .contains("NUL"));
 
         let latin1 = dir.path().join("latin1");
         std::fs::write(&latin1, b"caf\xe9").unwrap();
-        assert!(read_optional(&latin1).unwrap_err().to_string().contains("UTF-8"));
+        assert!(read_optional(&latin1)
+            .unwrap_err()
+            .to_string()
+            .contains("UTF-8"));
 
         let big = dir.path().join("big");
         std::fs::write(&big, vec![b'a'; MAX_CONFIG_FILE_BYTES as usize + 1]).unwrap();
-        assert!(read_optional(&big).unwrap_err().to_string().contains("larger"));
+        assert!(read_optional(&big)
+            .unwrap_err()
+            .to_string()
+            .contains("larger"));
     }
 }

@@ -122,19 +122,34 @@ pub async fn device_flow(
         };
         let answer: Option<TokenAnswer> = serde_json::from_slice(&body).ok();
         match (status, answer) {
-            (200, Some(TokenAnswer { access_token: Some(token), .. })) if !token.is_empty() => {
+            (
+                200,
+                Some(TokenAnswer {
+                    access_token: Some(token),
+                    ..
+                }),
+            ) if !token.is_empty() => {
                 return Ok(Secret::new(token));
             }
             (400, Some(TokenAnswer { error: Some(e), .. })) if e == "authorization_pending" => {}
             (400, Some(TokenAnswer { error: Some(e), .. })) if e == "slow_down" => {
                 tokio::time::sleep(interval).await;
             }
-            (_, Some(TokenAnswer { error: Some(e), error_description, .. })) => {
+            (
+                _,
+                Some(TokenAnswer {
+                    error: Some(e),
+                    error_description,
+                    ..
+                }),
+            ) => {
                 return Err(Error::new(
                     ErrorKind::Rejected,
                     format!(
                         "OAuth authorisation failed: {e}{}",
-                        error_description.map(|d| format!(": {d}")).unwrap_or_default()
+                        error_description
+                            .map(|d| format!(": {d}"))
+                            .unwrap_or_default()
                     ),
                 ));
             }

@@ -50,7 +50,8 @@ pub fn load(sota_dir: &Path) -> Result<Option<Pending>> {
         return Ok(None);
     };
     let text = Zeroizing::new(text);
-    let mut stored: Stored = toml::from_str(&text).map_err(|e| corrupt(&path, e.message().to_string()))?;
+    let mut stored: Stored =
+        toml::from_str(&text).map_err(|e| corrupt(&path, e.message().to_string()))?;
     if stored.uuid.is_empty() {
         return Err(corrupt(&path, "no uuid"));
     }
@@ -63,7 +64,10 @@ pub fn load(sota_dir: &Path) -> Result<Option<Pending>> {
 pub fn save(sota_dir: &Path, pending: &Pending) -> Result<()> {
     let stored = Stored {
         uuid: pending.uuid.clone(),
-        software_key_pem: pending.software_key.as_ref().map(|k| k.expose().to_string()),
+        software_key_pem: pending
+            .software_key
+            .as_ref()
+            .map(|k| k.expose().to_string()),
     };
     let text = Zeroizing::new(
         toml::to_string(&stored)
@@ -78,7 +82,10 @@ pub fn remove(sota_dir: &Path) -> Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(Error::new(
             ErrorKind::Internal,
-            format!("cannot remove {}: {e}", sota_dir.join(PENDING_FILE).display()),
+            format!(
+                "cannot remove {}: {e}",
+                sota_dir.join(PENDING_FILE).display()
+            ),
         )),
     }
 }
@@ -94,10 +101,15 @@ mod tests {
         assert_eq!(load(dir.path()).unwrap(), None);
         let pending = Pending {
             uuid: "0b3c9c7e-8f6a-4d1e-9a43-2f5a1c0d9e77".into(),
-            software_key: Some(Secret::new("-----BEGIN PRIVATE KEY-----\nabc\n-----END PRIVATE KEY-----\n")),
+            software_key: Some(Secret::new(
+                "-----BEGIN PRIVATE KEY-----\nabc\n-----END PRIVATE KEY-----\n",
+            )),
         };
         save(dir.path(), &pending).unwrap();
-        let mode = std::fs::metadata(dir.path().join(PENDING_FILE)).unwrap().permissions().mode();
+        let mode = std::fs::metadata(dir.path().join(PENDING_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         assert_eq!(load(dir.path()).unwrap(), Some(pending));
         remove(dir.path()).unwrap();
@@ -108,7 +120,11 @@ mod tests {
     #[test]
     fn damaged_state_is_reported_without_its_content() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join(PENDING_FILE), "uuid = \nsoftware_key_pem = \"SECRETKEY").unwrap();
+        std::fs::write(
+            dir.path().join(PENDING_FILE),
+            "uuid = \nsoftware_key_pem = \"SECRETKEY",
+        )
+        .unwrap();
         let err = load(dir.path()).unwrap_err();
         assert!(err.to_string().contains("damaged"), "{err}");
         assert!(!err.to_string().contains("SECRETKEY"), "{err}");

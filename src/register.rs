@@ -3,10 +3,10 @@
 
 use crate::api::{ApiClient, Credentials, Overrides, RegistrationRequest};
 use crate::bundle::{self, Bundle, ValidityCheck};
+use crate::clock;
 use crate::csr::{build_csr_pem, CsrSubject};
 use crate::error::{Error, ErrorKind, Result};
 use crate::hooks::{self, StepOutcome};
-use crate::clock;
 use crate::key::SoftwareKey;
 use crate::pending::{self, Pending};
 use crate::retry::retry;
@@ -77,7 +77,11 @@ fn log_settings(settings: &Settings) {
         settings.factory,
         settings.tags,
         settings.hardware_id,
-        if settings.production { "production" } else { "not production" },
+        if settings.production {
+            "production"
+        } else {
+            "not production"
+        },
         settings.device_api
     );
     if settings.device_api.scheme() == "http" {
@@ -154,7 +158,10 @@ async fn credentials(settings: &Settings, client: &ApiClient, uuid: &str) -> Res
 fn identity(settings: &Settings) -> Result<(Pending, bool)> {
     let earlier = match pending::load(&settings.sota_dir)? {
         Some(earlier) if settings.force => {
-            tracing::warn!("--force: discarding the unfinished registration of {}", earlier.uuid);
+            tracing::warn!(
+                "--force: discarding the unfinished registration of {}",
+                earlier.uuid
+            );
             None
         }
         Some(earlier) if settings.uuid.as_ref().is_some_and(|u| *u != earlier.uuid) => {
@@ -241,9 +248,11 @@ pub async fn register(settings: &Settings) -> Result<Outcome> {
     let policy = &settings.retry;
 
     let mut client = ApiClient::new(settings.cacert.as_deref(), settings.request_timeout)?;
-    let status = retry(policy, "reaching DEVICE_API", |_| client.probe(&settings.device_api))
-        .await
-        .map_err(|e| e.into_error(&format!("cannot reach {}", settings.device_api)))?;
+    let status = retry(policy, "reaching DEVICE_API", |_| {
+        client.probe(&settings.device_api)
+    })
+    .await
+    .map_err(|e| e.into_error(&format!("cannot reach {}", settings.device_api)))?;
     tracing::debug!("DEVICE_API answered HEAD with HTTP {status}");
 
     clock::wait_for_plausible_time(

@@ -42,7 +42,9 @@ impl RetryPolicy {
 
     /// The upper bound of the jittered delay before attempt `attempt + 1`.
     fn backoff_ceiling(&self, attempt: u32) -> Duration {
-        let factor = 1u32.checked_shl(attempt.saturating_sub(1)).unwrap_or(u32::MAX);
+        let factor = 1u32
+            .checked_shl(attempt.saturating_sub(1))
+            .unwrap_or(u32::MAX);
         self.base_delay
             .checked_mul(factor)
             .unwrap_or(self.max_delay)
@@ -135,7 +137,9 @@ mod tests {
             deadline: Duration::from_secs(100),
             max_attempts: 100,
         };
-        let ceilings: Vec<u64> = (1..=6).map(|a| policy.backoff_ceiling(a).as_secs()).collect();
+        let ceilings: Vec<u64> = (1..=6)
+            .map(|a| policy.backoff_ceiling(a).as_secs())
+            .collect();
         assert_eq!(ceilings, [1, 2, 4, 8, 10, 10]);
         assert_eq!(policy.backoff_ceiling(200), Duration::from_secs(10));
         for attempt in 1..50 {

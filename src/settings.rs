@@ -4,8 +4,8 @@
 
 use crate::cli::{parse_bool_word, Cli};
 use crate::error::{Error, Result};
-use crate::retry::RetryPolicy;
 use crate::localfiles::{lookup, parse_shell_vars, parse_single_line, read_optional};
+use crate::retry::RetryPolicy;
 use crate::secret::Secret;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -52,7 +52,10 @@ impl Environment {
 
     /// A set, non-empty variable.
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).map(String::as_str).filter(|v| !v.is_empty())
+        self.0
+            .get(key)
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
     }
 
     /// systemd connects stdout/stderr of a service to the journal and says so
@@ -316,7 +319,9 @@ impl Settings {
         };
 
         // Token: flag, token file (flag, TOKEN_FILE, default path if present).
-        let token = if let Some(token) = secret_from_flag(cli.api_token.as_ref(), "--api-token", &mut warnings) {
+        let token = if let Some(token) =
+            secret_from_flag(cli.api_token.as_ref(), "--api-token", &mut warnings)
+        {
             origins.push(("api token", "command line".into()));
             Some(token)
         } else {
@@ -363,7 +368,12 @@ impl Settings {
             (None, None) => parse_url("the built-in OAUTH_BASE", build::OAUTH_BASE)?,
         };
 
-        let hsm = resolve_hsm(cli, &under_root(paths::HSM_FILE), &mut warnings, &mut origins)?;
+        let hsm = resolve_hsm(
+            cli,
+            &under_root(paths::HSM_FILE),
+            &mut warnings,
+            &mut origins,
+        )?;
 
         let mut retry = if cli.boot {
             RetryPolicy::boot()
@@ -493,7 +503,11 @@ fn resolve_hsm(
         (None, None, None) => Ok(None),
         (Some(module), Some(pin), Some(so_pin)) => {
             origins.push(("hsm", hsm_file.display().to_string()));
-            Ok(Some(HsmSettings { module, pin, so_pin }))
+            Ok(Some(HsmSettings {
+                module,
+                pin,
+                so_pin,
+            }))
         }
         (module, pin, so_pin) => {
             let missing: Vec<&str> = [
@@ -515,24 +529,25 @@ fn resolve_hsm(
     }
 }
 
-#[derive(Default)]
-struct HsmFile {
-    module: Option<PathBuf>,
-    pin: Option<Secret>,
-    so_pin: Option<Secret>,
+/// What `/etc/sota/hsm` says; each part may be missing.
+#[derive(Default, Debug)]
+pub struct HsmFile {
+    pub module: Option<PathBuf>,
+    pub pin: Option<Secret>,
+    pub so_pin: Option<Secret>,
 }
 
 /// Parses the text of `/etc/sota/hsm`. Unknown keys are ignored so that the
 /// file can carry settings for other tools; empty values count as missing.
-pub fn parse_hsm_file(text: &str) -> std::result::Result<(Option<PathBuf>, Option<Secret>, Option<Secret>), String> {
-    // A parse error would echo a line that may hold a PIN: say only where.
+pub fn parse_hsm_file(text: &str) -> std::result::Result<HsmFile, String> {
+    // Errors name only the line: echoing it could print a PIN.
     let vars = parse_shell_vars(text)?;
     let get = |key: &str| lookup(&vars, key).filter(|v| !v.is_empty());
-    Ok((
-        get("HSM_MODULE").map(PathBuf::from),
-        get("HSM_PIN").map(Secret::new),
-        get("HSM_SOPIN").map(Secret::new),
-    ))
+    Ok(HsmFile {
+        module: get("HSM_MODULE").map(PathBuf::from),
+        pin: get("HSM_PIN").map(Secret::new),
+        so_pin: get("HSM_SOPIN").map(Secret::new),
+    })
 }
 
 fn read_hsm_file(path: &Path) -> Result<HsmFile> {
@@ -540,6 +555,5 @@ fn read_hsm_file(path: &Path) -> Result<HsmFile> {
         return Ok(HsmFile::default());
     };
     let text = zeroize::Zeroizing::new(text);
-    let (module, pin, so_pin) = parse_hsm_file(&text).map_err(|e| config_file_error(path, e))?;
-    Ok(HsmFile { module, pin, so_pin })
+    parse_hsm_file(&text).map_err(|e| config_file_error(path, e))
 }

@@ -91,13 +91,16 @@ pub fn prepare(dir: &Path) -> Result<()> {
             return Err(e).with_kind_context(ErrorKind::Config, io_error(dir, "inspect"));
         }
     }
-    nix::unistd::access(dir, nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK)
-        .map_err(|e| {
-            Error::config(format!(
-                "{} is not writable ({e}); run as root or pass --sota-dir",
-                dir.display()
-            ))
-        })
+    nix::unistd::access(
+        dir,
+        nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK,
+    )
+    .map_err(|e| {
+        Error::config(format!(
+            "{} is not writable ({e}); run as root or pass --sota-dir",
+            dir.display()
+        ))
+    })
 }
 
 /// Holds the sota dir for one registration. The lock is an flock on the
@@ -108,8 +111,7 @@ pub struct DirLock {
 
 impl DirLock {
     pub fn acquire(dir: &Path) -> Result<DirLock> {
-        let handle =
-            File::open(dir).with_kind_context(ErrorKind::Config, io_error(dir, "open"))?;
+        let handle = File::open(dir).with_kind_context(ErrorKind::Config, io_error(dir, "open"))?;
         let lock = Flock::lock(handle, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| {
             if errno == nix::errno::Errno::EWOULDBLOCK {
                 Error::new(
@@ -120,7 +122,10 @@ impl DirLock {
                     ),
                 )
             } else {
-                Error::new(ErrorKind::Internal, format!("cannot lock {}: {errno}", dir.display()))
+                Error::new(
+                    ErrorKind::Internal,
+                    format!("cannot lock {}: {errno}", dir.display()),
+                )
             }
         })?;
         Ok(DirLock { _lock: lock })
@@ -213,8 +218,10 @@ fn discard_staging(staging: &Path) -> Result<()> {
 }
 
 fn apply_staging(dir: &Path, staging: &Path) -> Result<()> {
-    let manifest = std::fs::read_to_string(staging.join(COMMIT_MANIFEST))
-        .with_kind_context(ErrorKind::Internal, io_error(staging, "read the manifest in"))?;
+    let manifest = std::fs::read_to_string(staging.join(COMMIT_MANIFEST)).with_kind_context(
+        ErrorKind::Internal,
+        io_error(staging, "read the manifest in"),
+    )?;
     for line in manifest.lines() {
         let (action, name) = line
             .split_once(' ')
@@ -311,8 +318,16 @@ mod tests {
         commit(
             dir.path(),
             &[
-                StagedFile { name: "a", contents: b"1", mode: PRIVATE_MODE },
-                StagedFile { name: "b", contents: b"2", mode: PUBLIC_MODE },
+                StagedFile {
+                    name: "a",
+                    contents: b"1",
+                    mode: PRIVATE_MODE,
+                },
+                StagedFile {
+                    name: "b",
+                    contents: b"2",
+                    mode: PUBLIC_MODE,
+                },
             ],
             &["sql.db"],
         )
@@ -352,8 +367,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("aklite.lock");
         ensure_aklite_not_running(&path).unwrap();
-        let held = Flock::lock(File::create(&path).unwrap(), FlockArg::LockExclusiveNonblock).unwrap();
-        assert_eq!(ensure_aklite_not_running(&path).unwrap_err().kind(), ErrorKind::Busy);
+        let held = Flock::lock(
+            File::create(&path).unwrap(),
+            FlockArg::LockExclusiveNonblock,
+        )
+        .unwrap();
+        assert_eq!(
+            ensure_aklite_not_running(&path).unwrap_err().kind(),
+            ErrorKind::Busy
+        );
         drop(held);
         ensure_aklite_not_running(&path).unwrap();
     }
