@@ -11,14 +11,21 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 fn show_tree(dir: &Path, depth: usize) {
-    let mut entries: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap()).collect();
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .collect();
     entries.sort_by_key(|e| e.file_name());
     for entry in entries {
         let meta = entry.metadata().unwrap();
         let mode = meta.permissions().mode() & 0o777;
         let name = entry.file_name().to_string_lossy().into_owned();
         let suffix = if meta.is_dir() { "/" } else { "" };
-        println!("  {:indent$}{mode:04o}  {name}{suffix}", "", indent = depth * 2);
+        println!(
+            "  {:indent$}{mode:04o}  {name}{suffix}",
+            "",
+            indent = depth * 2
+        );
         if meta.is_dir() {
             show_tree(&entry.path(), depth + 1);
         }
@@ -30,7 +37,11 @@ fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/demo-device");
     let _ = std::fs::remove_dir_all(&root);
     std::fs::create_dir_all(root.join("etc/sota")).unwrap();
-    std::fs::write(root.join("etc/os-release"), "ID=lmp\nLMP_FACTORY=\"demo-factory\"\n").unwrap();
+    std::fs::write(
+        root.join("etc/os-release"),
+        "ID=lmp\nLMP_FACTORY=\"demo-factory\"\n",
+    )
+    .unwrap();
     std::fs::write(root.join("etc/sota/tag"), "main\n").unwrap();
     let token = root.join("etc/lmp-device-register-token");
     std::fs::write(&token, "demo-token\n").unwrap();
@@ -64,7 +75,10 @@ fn main() {
         println!("\nsota.toml:\n{sota}");
     }
     for reg in api.registrations() {
-        println!("The API registered {} ({}) for factory {}", reg.uuid, reg.name, reg.factory);
+        println!(
+            "The API registered {} ({}) for factory {}",
+            reg.uuid, reg.name, reg.factory
+        );
     }
     std::process::exit(i32::from(code));
 }
