@@ -299,3 +299,34 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::collection::btree_map;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1000))]
+
+        /// Arbitrary bytes are refused cleanly, never a panic.
+        #[test]
+        fn arbitrary_bytes_are_refused(body in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let err = validate(&body, b"key", ValidityCheck::at_system_time()).unwrap_err();
+            prop_assert_eq!(err.kind(), ErrorKind::BadResponse);
+        }
+
+        /// Well-formed maps with arbitrary names and contents: refused with a
+        /// reason (there is no valid certificate in them), never a panic, and
+        /// an unsafe name is always what is reported first.
+        #[test]
+        fn arbitrary_maps_are_refused(entries in btree_map("\\PC{0,12}", "\\PC{0,40}", 0..6)) {
+            let body = serde_json::to_vec(&entries).unwrap();
+            let err = validate(&body, b"key", ValidityCheck::at_system_time()).unwrap_err();
+            prop_assert_eq!(err.kind(), ErrorKind::BadResponse);
+            if entries.keys().any(|name| !is_safe_file_name(name)) {
+                prop_assert!(err.to_string().contains("not a plain file name"), "{}", err);
+            }
+        }
+    }
+}

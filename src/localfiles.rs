@@ -14,9 +14,32 @@ pub const MAX_CONFIG_FILE_BYTES: u64 = 64 * 1024;
 
 /// Reads a small text file; `Ok(None)` when it does not exist.
 pub fn read_optional(path: &Path) -> Result<Option<String>> {
-    let file = match std::fs::File::open(path) {
+    read_bounded(path, true)
+}
+
+/// Like [`read_optional`] for files that hold secrets (token, PINs, keys):
+/// a symbolic link is refused, so the secret is read from where the image
+/// put it and not from wherever a link points.
+pub fn read_secret_optional(path: &Path) -> Result<Option<String>> {
+    read_bounded(path, false)
+}
+
+fn read_bounded(path: &Path, follow_links: bool) -> Result<Option<String>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    if !follow_links {
+        options.custom_flags(nix::libc::O_NOFOLLOW);
+    }
+    let file = match options.open(path) {
         Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if !follow_links && e.raw_os_error() == Some(nix::libc::ELOOP) => {
+            return Err(Error::config(format!(
+                "{} is a symbolic link; secrets are only read from a regular file",
+                path.display()
+            )))
+        }
         Err(e) => {
             return Err(e).with_kind_context(ErrorKind::Config, || {
                 format!("cannot open {}", path.display())
@@ -231,11 +254,67 @@ mod tests {
             .to_string()
             .contains("UTF-8"));
 
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&latin1, &link).unwrap();
+        assert!(read_secret_optional(&link)
+            .unwrap_err()
+            .to_string()
+            .contains("symbolic link"));
+
         let big = dir.path().join("big");
         std::fs::write(&big, vec![b'a'; MAX_CONFIG_FILE_BYTES as usize + 1]).unwrap();
         assert!(read_optional(&big)
             .unwrap_err()
             .to_string()
             .contains("larger"));
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// Any text: a clean error or variables with valid names, never a panic.
+        #[test]
+        fn shell_vars_never_panic(text in "\\PC*") {
+            if let Ok(vars) = parse_shell_vars(&text) {
+                for (key, _) in vars {
+                    prop_assert!(!key.is_empty());
+                    prop_assert!(key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'));
+                }
+            }
+        }
+
+        /// Quoting round-trips values made of the characters a PIN may hold.
+        #[test]
+        fn double_quoted_values_round_trip(value in "[ -~]{0,40}") {
+            let escaped: String = value.chars().flat_map(|c| match c {
+                '"' | '\\' | '$' | '`' => vec!['\\', c],
+                c => vec![c],
+            }).collect();
+            let vars = parse_shell_vars(&format!("HSM_PIN=\"{escaped}\"\n")).unwrap();
+            prop_assert_eq!(lookup(&vars, "HSM_PIN"), Some(value.as_str()));
+        }
+
+        /// Errors never echo the input (it may be a secret).
+        #[test]
+        fn errors_do_not_echo_the_line(secret in "[a-z]{12}") {
+            let text = format!("HSM_PIN=\"{secret}\nHSM_SOPIN={secret} x");
+            let err = parse_shell_vars(&text).unwrap_err();
+            prop_assert!(!err.contains(&secret));
+        }
+
+        #[test]
+        fn single_line_never_panics(text in "\\PC*") {
+            if let Ok(value) = parse_single_line(&text, "tag") {
+                prop_assert!(!value.is_empty());
+                prop_assert!(!value.contains('\n'));
+                prop_assert_eq!(value.trim(), value.as_str());
+            }
+        }
     }
 }

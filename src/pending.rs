@@ -4,7 +4,7 @@
 //! same device to the server instead of a second, different one.
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::localfiles::read_optional;
+use crate::localfiles::read_secret_optional;
 use crate::secret::Secret;
 use crate::sotadir::{self, PRIVATE_MODE};
 use serde::{Deserialize, Serialize};
@@ -46,7 +46,7 @@ fn corrupt(path: &Path, why: impl std::fmt::Display) -> Error {
 
 pub fn load(sota_dir: &Path) -> Result<Option<Pending>> {
     let path = sota_dir.join(PENDING_FILE);
-    let Some(text) = read_optional(&path)? else {
+    let Some(text) = read_secret_optional(&path)? else {
         return Ok(None);
     };
     let text = Zeroizing::new(text);

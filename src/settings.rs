@@ -4,7 +4,9 @@
 
 use crate::cli::{parse_bool_word, Cli};
 use crate::error::{Error, Result};
-use crate::localfiles::{lookup, parse_shell_vars, parse_single_line, read_optional};
+use crate::localfiles::{
+    lookup, parse_shell_vars, parse_single_line, read_optional, read_secret_optional,
+};
 use crate::retry::RetryPolicy;
 use crate::secret::Secret;
 use std::collections::HashMap;
@@ -330,7 +332,7 @@ impl Settings {
                 (None, Some(p)) => (PathBuf::from(p), true),
                 (None, None) => (under_root(paths::TOKEN_FILE), false),
             };
-            match read_optional(&path)? {
+            match read_secret_optional(&path)?.map(zeroize::Zeroizing::new) {
                 Some(text) => {
                     let token = parse_single_line(&text, "the token file")
                         .map_err(|e| config_file_error(&path, e))?;
@@ -551,7 +553,7 @@ pub fn parse_hsm_file(text: &str) -> std::result::Result<HsmFile, String> {
 }
 
 fn read_hsm_file(path: &Path) -> Result<HsmFile> {
-    let Some(text) = read_optional(path)? else {
+    let Some(text) = read_secret_optional(path)? else {
         return Ok(HsmFile::default());
     };
     let text = zeroize::Zeroizing::new(text);
