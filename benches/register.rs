@@ -21,6 +21,9 @@ struct Usage {
 
 /// Runs `cmd` and reads its own resource usage with wait4 (not the sum over
 /// all children of this process).
+// The child is reaped by wait4, which std's wait() cannot replace: it also
+// returns the child's own rusage.
+#[allow(clippy::zombie_processes)]
 fn measure(cmd: &mut Command) -> Usage {
     let started = Instant::now();
     let child = cmd.spawn().expect("spawn agent");
