@@ -502,9 +502,12 @@ struct HsmFile {
     so_pin: Option<Secret>,
 }
 
+/// `HSM_MODULE`, `HSM_PIN` and `HSM_SOPIN`, each when set and non-empty.
+pub type HsmFileValues = (Option<PathBuf>, Option<Secret>, Option<Secret>);
+
 /// Parses the text of `/etc/sota/hsm`. Unknown keys are ignored so that the
 /// file can carry settings for other tools; empty values count as missing.
-pub fn parse_hsm_file(text: &str) -> std::result::Result<(Option<PathBuf>, Option<Secret>, Option<Secret>), String> {
+pub fn parse_hsm_file(text: &str) -> std::result::Result<HsmFileValues, String> {
     // A parse error would echo a line that may hold a PIN: say only where.
     let vars = parse_shell_vars(text)?;
     let get = |key: &str| lookup(&vars, key).filter(|v| !v.is_empty());
