@@ -8,6 +8,7 @@ pub mod cli;
 pub mod csr;
 pub mod error;
 pub mod hooks;
+pub mod hsm;
 pub mod key;
 pub mod localfiles;
 pub mod logging;
