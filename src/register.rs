@@ -6,7 +6,8 @@ use crate::bundle::{self, Bundle, ValidityCheck};
 use crate::csr::{build_csr_pem, CsrSubject};
 use crate::error::{Error, ErrorKind, Result};
 use crate::hooks::{self, StepOutcome};
-use crate::key::SoftwareKey;
+use crate::hsm;
+use crate::key::{DeviceKey, SoftwareKey};
 use crate::retry::{retry, RetryPolicy};
 use crate::settings::Settings;
 use crate::sotadir::{self, StagedFile, PRIVATE_KEY, PRIVATE_MODE, PUBLIC_MODE};
@@ -137,13 +138,10 @@ async fn credentials(settings: &Settings, client: &ApiClient, uuid: &str) -> Res
 
 pub async fn register(settings: &Settings) -> Result<Outcome> {
     log_settings(settings);
-    if settings.hsm.is_some() {
-        return Err(Error::new(
-            ErrorKind::Hsm,
-            "PKCS#11 keys are not supported by this build",
-        ));
-    }
+    // A wrong module or PIN is reported before anything is created.
+    let module = settings.hsm.as_ref().map(hsm::Module::load).transpose()?;
     let _lock = preflight(settings)?;
+    let token = module.map(hsm::Module::open_token).transpose()?;
     let policy = RetryPolicy::interactive();
 
     let mut client = ApiClient::new(settings.cacert.as_deref())?;
@@ -154,18 +152,27 @@ pub async fn register(settings: &Settings) -> Result<Outcome> {
 
     let uuid = match &settings.uuid {
         Some(uuid) => uuid.clone(),
-        None => {
-            let uuid = uuid::Uuid::new_v4().to_string();
-            tracing::info!("generated device UUID {uuid}");
-            uuid
-        }
+        None => match token.as_ref().and_then(hsm::Token::slot_uuid) {
+            Some(uuid) => {
+                tracing::info!("device UUID {uuid} read from the PKCS#11 slot");
+                uuid
+            }
+            None => {
+                let uuid = uuid::Uuid::new_v4().to_string();
+                tracing::info!("generated device UUID {uuid}");
+                uuid
+            }
+        },
     };
     let name = settings.name.clone().unwrap_or_else(|| uuid.clone());
     tracing::info!("device UUID {uuid}, name {name}");
 
     client.set_credentials(credentials(settings, &client, &uuid).await?);
 
-    let key = SoftwareKey::generate()?;
+    let key = match &token {
+        Some(token) => DeviceKey::Token(token.create_key(settings.force)?),
+        None => DeviceKey::Software(SoftwareKey::generate()?),
+    };
     let csr = build_csr_pem(
         &key,
         &CsrSubject {
@@ -176,7 +183,7 @@ pub async fn register(settings: &Settings) -> Result<Outcome> {
     )?;
 
     let sota_dir_text = settings.sota_dir.to_string_lossy();
-    let overrides = overrides(settings, false);
+    let overrides = overrides(settings, token.is_some());
     let request = RegistrationRequest {
         name: &name,
         uuid: &uuid,
@@ -197,8 +204,13 @@ pub async fn register(settings: &Settings) -> Result<Outcome> {
     for name in &bundle.ignored {
         tracing::warn!("the server sent {name:?}, which is not a registration file; not written");
     }
-    let private_pem = key.private_pem();
-    let files = write_registration(settings, &bundle, Some(private_pem.expose().as_bytes()))?;
+    if let Some(token) = &token {
+        token.import_certificate(&bundle.files[bundle::CLIENT_CERT])?;
+    }
+    let files = write_registration(settings, &bundle, &key)?;
+    if let Some(token) = &token {
+        token.keep_created();
+    }
     tracing::info!(
         "registered device {uuid} ({name}); wrote {} to {}",
         files.join(", "),
@@ -235,18 +247,30 @@ pub async fn register(settings: &Settings) -> Result<Outcome> {
 fn write_registration(
     settings: &Settings,
     bundle: &Bundle,
-    private_key_pem: Option<&[u8]>,
+    key: &DeviceKey<'_>,
 ) -> Result<Vec<String>> {
+    let private_key_pem = key.private_pem();
+    // With a token key, sota.toml carries the user PIN in [p11].
+    let p11_sota_toml = key
+        .p11_section()
+        .map(|p11| hsm::sota_toml_with_p11(&bundle.sota_toml, p11))
+        .transpose()?;
     let mut staged = Vec::new();
-    if let Some(pem) = private_key_pem {
+    if let Some(pem) = &private_key_pem {
         staged.push(StagedFile {
             name: PRIVATE_KEY,
-            contents: pem,
+            contents: pem.expose().as_bytes(),
             mode: PRIVATE_MODE,
         });
     }
     for name in bundle::ALLOWED_FILES {
-        if let Some(contents) = bundle.files.get(name) {
+        if let (bundle::SOTA_TOML, Some(text)) = (name, &p11_sota_toml) {
+            staged.push(StagedFile {
+                name,
+                contents: text.expose().as_bytes(),
+                mode: PRIVATE_MODE,
+            });
+        } else if let Some(contents) = bundle.files.get(name) {
             staged.push(StagedFile {
                 name,
                 contents: contents.as_bytes(),
