@@ -121,7 +121,12 @@ impl ApiError {
             }
             _ => "",
         };
-        Error::new(kind, format!("{what}: {self}{hint}"))
+        let error = Error::new(kind, format!("{what}: {self}{hint}"));
+        if matches!(self, ApiError::Transport(_)) {
+            error.with_outcome_unknown()
+        } else {
+            error
+        }
     }
 }
 

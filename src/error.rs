@@ -58,6 +58,9 @@ impl ErrorKind {
 pub struct Error {
     kind: ErrorKind,
     inner: anyhow::Error,
+    /// The request may have reached the server and been acted on, although
+    /// no answer came back (timeout, broken connection).
+    outcome_unknown: bool,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -67,7 +70,17 @@ impl Error {
         Error {
             kind,
             inner: anyhow::anyhow!("{message}"),
+            outcome_unknown: false,
         }
+    }
+
+    pub fn with_outcome_unknown(mut self) -> Self {
+        self.outcome_unknown = true;
+        self
+    }
+
+    pub fn outcome_unknown(&self) -> bool {
+        self.outcome_unknown
     }
 
     pub fn config(message: impl fmt::Display + Send + Sync + 'static) -> Self {
@@ -83,6 +96,7 @@ impl Error {
         Error {
             kind: self.kind,
             inner: self.inner.context(context),
+            outcome_unknown: self.outcome_unknown,
         }
     }
 }
@@ -125,6 +139,7 @@ where
         self.map_err(|e| Error {
             kind,
             inner: anyhow::Error::new(e).context(context),
+            outcome_unknown: false,
         })
     }
 
@@ -136,6 +151,7 @@ where
         self.map_err(|e| Error {
             kind,
             inner: anyhow::Error::new(e).context(context()),
+            outcome_unknown: false,
         })
     }
 }

@@ -4,6 +4,7 @@
 //! response validation do not care which one they hold.
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::hsm::TokenKey;
 use crate::secret::Secret;
 use rcgen::{KeyPair, PublicKeyData, SignatureAlgorithm, SigningKey, PKCS_ECDSA_P256_SHA256};
 
@@ -47,5 +48,57 @@ impl PublicKeyData for SoftwareKey {
 impl SigningKey for SoftwareKey {
     fn sign(&self, msg: &[u8]) -> std::result::Result<Vec<u8>, rcgen::Error> {
         self.0.sign(msg)
+    }
+}
+
+/// The key a registration uses: generated in software and written to
+/// `pkey.pem`, or held by the PKCS#11 token.
+// There is one per run, so the size of the software variant costs nothing.
+#[allow(clippy::large_enum_variant)]
+pub enum DeviceKey<'t> {
+    Software(SoftwareKey),
+    Token(TokenKey<'t>),
+}
+
+impl DeviceKey<'_> {
+    /// The PEM for `pkey.pem`; a token key has none.
+    pub fn private_pem(&self) -> Option<Secret> {
+        match self {
+            DeviceKey::Software(key) => Some(key.private_pem()),
+            DeviceKey::Token(_) => None,
+        }
+    }
+
+    /// The `[p11]` section of `sota.toml` that points at a token key.
+    pub fn p11_section(&self) -> Option<toml::Table> {
+        match self {
+            DeviceKey::Software(_) => None,
+            DeviceKey::Token(key) => Some(key.token().p11_section()),
+        }
+    }
+}
+
+impl PublicKeyData for DeviceKey<'_> {
+    fn der_bytes(&self) -> &[u8] {
+        match self {
+            DeviceKey::Software(key) => key.der_bytes(),
+            DeviceKey::Token(key) => key.der_bytes(),
+        }
+    }
+
+    fn algorithm(&self) -> &'static SignatureAlgorithm {
+        match self {
+            DeviceKey::Software(key) => key.algorithm(),
+            DeviceKey::Token(key) => key.algorithm(),
+        }
+    }
+}
+
+impl SigningKey for DeviceKey<'_> {
+    fn sign(&self, msg: &[u8]) -> std::result::Result<Vec<u8>, rcgen::Error> {
+        match self {
+            DeviceKey::Software(key) => key.sign(msg),
+            DeviceKey::Token(key) => key.sign(msg),
+        }
     }
 }

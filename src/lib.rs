@@ -9,6 +9,7 @@ pub mod clock;
 pub mod csr;
 pub mod error;
 pub mod hooks;
+pub mod hsm;
 pub mod key;
 pub mod localfiles;
 pub mod logging;

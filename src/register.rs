@@ -7,7 +7,8 @@ use crate::clock;
 use crate::csr::{build_csr_pem, CsrSubject};
 use crate::error::{Error, ErrorKind, Result};
 use crate::hooks::{self, StepOutcome};
-use crate::key::SoftwareKey;
+use crate::hsm;
+use crate::key::{DeviceKey, SoftwareKey};
 use crate::pending::{self, Pending};
 use crate::retry::retry;
 use crate::settings::Settings;
@@ -152,10 +153,26 @@ async fn credentials(settings: &Settings, client: &ApiClient, uuid: &str) -> Res
     Ok(Credentials::Bearer(token))
 }
 
+/// The device being registered: its UUID and key, and whether they come from
+/// an unfinished earlier attempt.
+struct Identity<'t> {
+    uuid: String,
+    key: DeviceKey<'t>,
+    resumed: bool,
+}
+
+impl Identity<'_> {
+    fn pending(&self) -> Pending {
+        Pending {
+            uuid: self.uuid.clone(),
+            software_key: self.key.private_pem(),
+        }
+    }
+}
+
 /// The identity to register: the one of an unfinished earlier attempt when
 /// there is one (so the server never sees two devices), else a new one.
-/// Returns it with whether it was resumed.
-fn identity(settings: &Settings) -> Result<(Pending, bool)> {
+fn identity<'t>(settings: &Settings, token: Option<&'t hsm::Token>) -> Result<Identity<'t>> {
     let earlier = match pending::load(&settings.sota_dir)? {
         Some(earlier) if settings.force => {
             tracing::warn!(
@@ -171,60 +188,86 @@ fn identity(settings: &Settings) -> Result<(Pending, bool)> {
             );
             None
         }
-        Some(earlier) if earlier.software_key.is_none() => {
+        Some(earlier) if earlier.software_key.is_some() == token.is_some() => {
             tracing::warn!(
-                "discarding the unfinished registration of {}: its key was in a PKCS#11 token",
-                earlier.uuid
+                "discarding the unfinished registration of {}: its key was {}",
+                earlier.uuid,
+                if token.is_some() {
+                    "in software"
+                } else {
+                    "in a PKCS#11 token"
+                }
             );
             None
         }
         other => other,
     };
     if let Some(earlier) = earlier {
-        tracing::info!(
-            "resuming the unfinished registration of {} with its key",
-            earlier.uuid
-        );
-        return Ok((earlier, true));
+        let key = match (token, &earlier.software_key) {
+            (None, Some(pem)) => Some(DeviceKey::Software(SoftwareKey::from_pem(pem)?)),
+            (Some(token), _) => token.existing_key()?.map(DeviceKey::Token),
+            (None, None) => None,
+        };
+        match key {
+            Some(key) => {
+                tracing::info!(
+                    "resuming the unfinished registration of {} with its key",
+                    earlier.uuid
+                );
+                return Ok(Identity {
+                    uuid: earlier.uuid,
+                    key,
+                    resumed: true,
+                });
+            }
+            None => tracing::warn!(
+                "discarding the unfinished registration of {}: its key is no longer in the token",
+                earlier.uuid
+            ),
+        }
     }
+
     let uuid = match &settings.uuid {
         Some(uuid) => uuid.clone(),
-        None => {
-            let uuid = uuid::Uuid::new_v4().to_string();
-            tracing::info!("generated device UUID {uuid}");
-            uuid
-        }
-    };
-    let key = SoftwareKey::generate()?;
-    Ok((
-        Pending {
-            uuid,
-            software_key: Some(key.private_pem()),
+        None => match token.and_then(hsm::Token::slot_uuid) {
+            Some(uuid) => {
+                tracing::info!("device UUID {uuid} read from the PKCS#11 slot");
+                uuid
+            }
+            None => {
+                let uuid = uuid::Uuid::new_v4().to_string();
+                tracing::info!("generated device UUID {uuid}");
+                uuid
+            }
         },
-        false,
-    ))
+    };
+    let key = match token {
+        Some(token) => DeviceKey::Token(token.create_key(settings.force)?),
+        None => DeviceKey::Software(SoftwareKey::generate()?),
+    };
+    Ok(Identity {
+        uuid,
+        key,
+        resumed: false,
+    })
 }
 
 /// Whether the identity of a failed attempt must be kept for the next run:
-/// yes when the server may have accepted it (the answer never arrived, or it
-/// says the device exists already and this identity comes from an earlier
-/// attempt), no when the refusal is definite.
+/// yes when the server may have accepted it (no answer came back, or it says
+/// the device exists and this identity comes from an earlier attempt), no
+/// when the server's refusal is definite.
 fn keep_identity_after(error: &Error, resumed: bool) -> bool {
     match error.kind() {
-        ErrorKind::Unavailable | ErrorKind::Interrupted => true,
+        ErrorKind::Interrupted => true,
         ErrorKind::AlreadyRegistered => resumed,
-        _ => false,
+        _ => error.outcome_unknown(),
     }
 }
 
 pub async fn register(settings: &Settings) -> Result<Outcome> {
     log_settings(settings);
-    if settings.hsm.is_some() {
-        return Err(Error::new(
-            ErrorKind::Hsm,
-            "PKCS#11 keys are not supported by this build",
-        ));
-    }
+    // A wrong module or PIN is reported before anything is created.
+    let module = settings.hsm.as_ref().map(hsm::Module::load).transpose()?;
     let _lock = match preflight(settings)? {
         Preflight::Proceed(lock) => lock,
         Preflight::Registered(markers) => {
@@ -245,10 +288,10 @@ pub async fn register(settings: &Settings) -> Result<Outcome> {
             });
         }
     };
-    let policy = &settings.retry;
+    let token = module.map(hsm::Module::open_token).transpose()?;
 
     let mut client = ApiClient::new(settings.cacert.as_deref(), settings.request_timeout)?;
-    let status = retry(policy, "reaching DEVICE_API", |_| {
+    let status = retry(&settings.retry, "reaching DEVICE_API", |_| {
         client.probe(&settings.device_api)
     })
     .await
@@ -262,10 +305,21 @@ pub async fn register(settings: &Settings) -> Result<Outcome> {
     )
     .await?;
 
-    let (identity, resumed) = identity(settings)?;
-    let result = register_identity(settings, &mut client, &identity).await;
+    let identity = identity(settings, token.as_ref())?;
+    pending::save(&settings.sota_dir, &identity.pending())?;
+    if let Some(token) = &token {
+        // The key is part of the saved identity now: it outlives this run
+        // (even an interrupted one) until the identity is abandoned.
+        token.keep_created();
+    }
+    let result = register_identity(settings, &mut client, &identity, token.as_ref()).await;
     match &result {
-        Err(error) if !keep_identity_after(error, resumed) => {
+        Err(error) if !keep_identity_after(error, identity.resumed) => {
+            if let Some(token) = &token {
+                if let Err(e) = token.remove_registration_objects() {
+                    tracing::warn!("{e}");
+                }
+            }
             if let Err(e) = pending::remove(&settings.sota_dir) {
                 tracing::warn!("{e}");
             }
@@ -282,7 +336,8 @@ pub async fn register(settings: &Settings) -> Result<Outcome> {
 async fn register_identity(
     settings: &Settings,
     client: &mut ApiClient,
-    identity: &Pending,
+    identity: &Identity<'_>,
+    token: Option<&hsm::Token>,
 ) -> Result<Outcome> {
     let uuid = identity.uuid.clone();
     let name = settings.name.clone().unwrap_or_else(|| uuid.clone());
@@ -290,14 +345,8 @@ async fn register_identity(
 
     client.set_credentials(credentials(settings, client, &uuid).await?);
 
-    let private_pem = identity
-        .software_key
-        .as_ref()
-        .expect("software identities carry their key");
-    let key = SoftwareKey::from_pem(private_pem)?;
-    pending::save(&settings.sota_dir, identity)?;
     let csr = build_csr_pem(
-        &key,
+        &identity.key,
         &CsrSubject {
             uuid: &uuid,
             factory: &settings.factory,
@@ -306,7 +355,7 @@ async fn register_identity(
     )?;
 
     let sota_dir_text = settings.sota_dir.to_string_lossy();
-    let overrides = overrides(settings, false);
+    let overrides = overrides(settings, token.is_some());
     let request = RegistrationRequest {
         name: &name,
         uuid: &uuid,
@@ -323,11 +372,18 @@ async fn register_identity(
     .await
     .map_err(|e| e.into_error("the registration API refused the device"))?;
 
-    let bundle = bundle::validate(&body, key.der_bytes(), ValidityCheck::at_system_time())?;
+    let bundle = bundle::validate(
+        &body,
+        identity.key.der_bytes(),
+        ValidityCheck::at_system_time(),
+    )?;
     for name in &bundle.ignored {
         tracing::warn!("the server sent {name:?}, which is not a registration file; not written");
     }
-    let files = write_registration(settings, &bundle, Some(private_pem.expose().as_bytes()))?;
+    if let Some(token) = token {
+        token.import_certificate(&bundle.files[bundle::CLIENT_CERT])?;
+    }
+    let files = write_registration(settings, &bundle, &identity.key)?;
     tracing::info!(
         "registered device {uuid} ({name}); wrote {} to {}",
         files.join(", "),
@@ -364,18 +420,30 @@ async fn register_identity(
 fn write_registration(
     settings: &Settings,
     bundle: &Bundle,
-    private_key_pem: Option<&[u8]>,
+    key: &DeviceKey<'_>,
 ) -> Result<Vec<String>> {
+    let private_key_pem = key.private_pem();
+    // With a token key, sota.toml carries the user PIN in [p11].
+    let p11_sota_toml = key
+        .p11_section()
+        .map(|p11| hsm::sota_toml_with_p11(&bundle.sota_toml, p11))
+        .transpose()?;
     let mut staged = Vec::new();
-    if let Some(pem) = private_key_pem {
+    if let Some(pem) = &private_key_pem {
         staged.push(StagedFile {
             name: PRIVATE_KEY,
-            contents: pem,
+            contents: pem.expose().as_bytes(),
             mode: PRIVATE_MODE,
         });
     }
     for name in bundle::ALLOWED_FILES {
-        if let Some(contents) = bundle.files.get(name) {
+        if let (bundle::SOTA_TOML, Some(text)) = (name, &p11_sota_toml) {
+            staged.push(StagedFile {
+                name,
+                contents: text.expose().as_bytes(),
+                mode: PRIVATE_MODE,
+            });
+        } else if let Some(contents) = bundle.files.get(name) {
             staged.push(StagedFile {
                 name,
                 contents: contents.as_bytes(),

@@ -6,6 +6,7 @@ mod common;
 
 use common::*;
 use device_api::{DeviceApi, Options, Reply};
+use std::time::Duration;
 use x509_parser::prelude::*;
 
 fn api() -> DeviceApi {
@@ -405,7 +406,7 @@ fn wrong_factory_is_refused_by_the_server() {
 }
 
 #[test]
-fn a_server_that_keeps_failing_keeps_the_identity_for_the_next_run() {
+fn a_server_that_keeps_failing_is_retried_as_one_device_then_forgotten() {
     let api = DeviceApi::start(Options {
         default_reply: status(500, "database on fire"),
         ..Options::default()
@@ -413,8 +414,12 @@ fn a_server_that_keeps_failing_keeps_the_identity_for_the_next_run() {
     let device = Device::new();
     let run = device.run(&api, &["--retry-deadline", "2"]);
     run.assert_code(5).assert_says("HTTP 500: database on fire");
-    // Only the private pending identity remains, so the next run is the same device.
-    assert_eq!(device.sota_listing(), [".lmp-device-register.pending 600"]);
+    // The server answered every time: it has no device, so nothing is kept.
+    assert!(
+        device.sota_listing().is_empty(),
+        "{:?}",
+        device.sota_listing()
+    );
     let posts: Vec<_> = api
         .requests()
         .into_iter()
@@ -425,6 +430,36 @@ fn a_server_that_keeps_failing_keeps_the_identity_for_the_next_run() {
     let last: serde_json::Value = serde_json::from_slice(&posts.last().unwrap().body).unwrap();
     assert_eq!(first["uuid"], last["uuid"]);
     assert_eq!(first["csr"], last["csr"]);
+}
+
+#[test]
+fn an_unanswered_request_keeps_the_identity_for_the_next_run() {
+    let api = DeviceApi::start(Options {
+        default_reply: Reply::Hang(Duration::from_secs(30)),
+        ..Options::default()
+    });
+    let device = Device::new();
+    let run = device.run(&api, &["--retry-deadline", "1", "--request-timeout", "1"]);
+    run.assert_code(5)
+        .assert_says("timed out")
+        .assert_says("kept the identity");
+    // The server may have acted on it: only the private pending identity remains.
+    assert_eq!(device.sota_listing(), [".lmp-device-register.pending 600"]);
+    let first_uuid = {
+        let posts: Vec<_> = api
+            .requests()
+            .into_iter()
+            .filter(|r| r.method == "POST")
+            .collect();
+        let body: serde_json::Value = serde_json::from_slice(&posts[0].body).unwrap();
+        body["uuid"].as_str().unwrap().to_string()
+    };
+    drop(api);
+
+    let api = DeviceApi::start(Options::default());
+    device.run(&api, &[]).assert_code(0).assert_says("resuming");
+    assert_eq!(device.sota_listing(), REGISTERED_SOFTWARE);
+    assert_eq!(api.registrations()[0].uuid, first_uuid);
 }
 
 #[test]
