@@ -620,3 +620,43 @@ mod mutual_tls {
         })
     }
 }
+
+/// The secret-leak check of a full HSM run: PINs and token appear in no
+/// output (the fixture checks every run's output for the PINs too) and in
+/// no file that others can read; only the 0600 sota.toml holds the user PIN.
+#[test]
+fn a_full_hsm_run_leaks_no_pin_and_no_token() {
+    require_softhsm!();
+    let mut fixture = Fixture::new();
+    fixture.write_hsm_file(Some(MODULE), Some(PIN), Some(SO_PIN));
+    let run = fixture.run(&["--json", "--start-daemon", "1"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(!run.output().contains(API_TOKEN), "{run:?}");
+
+    let mut readable = Vec::new();
+    let mut stack = vec![fixture.root.clone()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let meta = path.symlink_metadata().unwrap();
+            if meta.is_dir() {
+                stack.push(path);
+            } else if meta.is_file() && meta.permissions().mode() & 0o044 != 0 {
+                readable.push(path);
+            }
+        }
+    }
+    assert!(!readable.is_empty(), "the certificates are public");
+    for path in readable {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        for secret in [PIN, SO_PIN, API_TOKEN] {
+            assert!(!text.contains(secret), "{} holds a secret", path.display());
+        }
+    }
+    let sota_toml = fixture.sota_dir().join("sota.toml");
+    assert_eq!(
+        sota_toml.metadata().unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert!(std::fs::read_to_string(sota_toml).unwrap().contains(PIN));
+}
