@@ -1,0 +1,32 @@
+SUMMARY = "Registration settings of this factory's devices"
+DESCRIPTION = "API token, tag and HSM settings read by lmp-device-register --boot on first boot."
+# Factory-private content.
+LICENSE = "CLOSED"
+
+SRC_URI = " \
+    file://api-token \
+    file://tag \
+    file://hsm \
+"
+S = "${UNPACKDIR}"
+
+inherit allarch
+
+do_install() {
+	install -d ${D}${sysconfdir}/sota
+	# Secrets: root only (the agent warns about a token file that group or
+	# others can read).
+	install -m 0600 ${UNPACKDIR}/api-token ${D}${sysconfdir}/lmp-device-register-token
+	install -m 0600 ${UNPACKDIR}/hsm ${D}${sysconfdir}/sota/hsm
+	install -m 0644 ${UNPACKDIR}/tag ${D}${sysconfdir}/sota/tag
+}
+
+FILES:${PN} = " \
+    ${sysconfdir}/lmp-device-register-token \
+    ${sysconfdir}/sota/hsm \
+    ${sysconfdir}/sota/tag \
+"
+CONFFILES:${PN} = "${FILES:${PN}}"
+
+# The SE050 is reached through OP-TEE's PKCS#11 library (libckteec.so.0).
+RDEPENDS:${PN} = "lmp-device-register-rs optee-client"
