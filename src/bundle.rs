@@ -301,6 +301,123 @@ mod tests {
 }
 
 #[cfg(test)]
+mod certificates {
+    use super::*;
+    use rcgen::{CertificateParams, DnType, Issuer, KeyPair, PublicKeyData};
+
+    struct Pki {
+        root_pem: String,
+        leaf_pem: String,
+        leaf_key: KeyPair,
+    }
+
+    fn pki(not_before: ::time::OffsetDateTime, not_after: ::time::OffsetDateTime) -> Pki {
+        let root_key = KeyPair::generate().unwrap();
+        let mut root_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        root_params
+            .distinguished_name
+            .push(DnType::CommonName, "root");
+        root_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let root = root_params.self_signed(&root_key).unwrap();
+        let issuer = Issuer::new(root_params, &root_key);
+        let leaf_key = KeyPair::generate().unwrap();
+        let mut leaf_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        leaf_params
+            .distinguished_name
+            .push(DnType::CommonName, "device");
+        leaf_params.not_before = not_before;
+        leaf_params.not_after = not_after;
+        let leaf = leaf_params.signed_by(&leaf_key, &issuer).unwrap();
+        Pki {
+            root_pem: root.pem(),
+            leaf_pem: leaf.pem(),
+            leaf_key,
+        }
+    }
+
+    fn answer(pki: &Pki, client: &str, chained: &str) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({
+            "root.crt": pki.root_pem,
+            "client.pem": client,
+            "client.chained": chained,
+            "sota.toml": "[tls]\nserver = \"https://example\"\n",
+            "extra.txt": "ignored",
+        }))
+        .unwrap()
+    }
+
+    fn valid_now() -> Pki {
+        let now = ::time::OffsetDateTime::now_utc();
+        pki(
+            now - ::time::Duration::hours(1),
+            now + ::time::Duration::days(1),
+        )
+    }
+
+    fn refusal(pki: &Pki, body: &[u8]) -> String {
+        let err = validate(
+            body,
+            pki.leaf_key.der_bytes(),
+            ValidityCheck::at_system_time(),
+        )
+        .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::BadResponse);
+        err.to_string()
+    }
+
+    #[test]
+    fn a_sound_answer_is_accepted_and_unknown_names_are_ignored() {
+        let pki = valid_now();
+        let body = answer(&pki, &pki.leaf_pem, &pki.leaf_pem);
+        let bundle = validate(
+            &body,
+            pki.leaf_key.der_bytes(),
+            ValidityCheck::at_system_time(),
+        )
+        .unwrap();
+        assert_eq!(bundle.ignored, ["extra.txt"]);
+        assert_eq!(bundle.files.len(), 4);
+    }
+
+    #[test]
+    fn not_yet_valid_and_expired_certificates_are_refused() {
+        let now = ::time::OffsetDateTime::now_utc();
+        let future = pki(now + ::time::Duration::days(1), now + ::time::Duration::days(2));
+        let body = answer(&future, &future.leaf_pem, &future.leaf_pem);
+        assert!(refusal(&future, &body).contains("is not valid before"));
+        let past = pki(now - ::time::Duration::days(2), now - ::time::Duration::days(1));
+        let body = answer(&past, &past.leaf_pem, &past.leaf_pem);
+        assert!(refusal(&past, &body).contains("expired"));
+    }
+
+    #[test]
+    fn client_pem_must_hold_exactly_our_one_certificate() {
+        let pki = valid_now();
+        let two = format!("{}{}", pki.leaf_pem, pki.root_pem);
+        assert!(refusal(&pki, &answer(&pki, &two, &two)).contains("holds 2 certificates"));
+        assert!(refusal(&pki, &answer(&pki, "no pem here", &pki.leaf_pem))
+            .contains("holds no certificate"));
+        let other = valid_now();
+        let body = answer(&other, &other.leaf_pem, &other.leaf_pem);
+        assert!(refusal(&pki, &body).contains("certifies a different key"));
+    }
+
+    #[test]
+    fn the_chain_must_start_with_client_pem_and_reach_root_crt() {
+        let pki = valid_now();
+        let other = valid_now();
+        let body = answer(&pki, &pki.leaf_pem, &other.leaf_pem);
+        assert!(refusal(&pki, &body).contains("does not start with"));
+        let mut foreign_root = answer(&pki, &pki.leaf_pem, &pki.leaf_pem);
+        let mut map: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_slice(&foreign_root).unwrap();
+        map.insert("root.crt".into(), other.root_pem.clone().into());
+        foreign_root = serde_json::to_vec(&map).unwrap();
+        assert!(refusal(&pki, &foreign_root).contains("does not lead to root.crt"));
+    }
+}
+
+#[cfg(test)]
 mod properties {
     use super::*;
     use proptest::collection::btree_map;

@@ -500,9 +500,13 @@ fn resolve_hsm(
             "--hsm-pin/--hsm-so-pin given without --hsm-module",
         ));
     }
+    // A missing file means no HSM; a present one that names nothing is as
+    // broken as one that names only part of the configuration.
+    if !hsm_file.exists() && hsm_file.symlink_metadata().is_err() {
+        return Ok(None);
+    }
     let from_file = read_hsm_file(hsm_file)?;
     match (from_file.module, from_file.pin, from_file.so_pin) {
-        (None, None, None) => Ok(None),
         (Some(module), Some(pin), Some(so_pin)) => {
             origins.push(("hsm", hsm_file.display().to_string()));
             Ok(Some(HsmSettings {

@@ -289,7 +289,7 @@ fn wrong_user_pin_is_reported_without_retrying_or_showing_it() {
 fn pin_of_the_wrong_length_is_a_configuration_error() {
     require_softhsm!();
     let mut fixture = Fixture::new();
-    fixture.write_hsm_file(Some(MODULE), Some("123"), Some(SO_PIN));
+    fixture.write_hsm_file(Some(MODULE), Some("q7~"), Some(SO_PIN));
     let run = fixture.run(&[]);
     assert_eq!(run.code, 2, "{run:?}");
     assert!(run.stderr.contains("4 to 128 bytes"), "{run:?}");
