@@ -382,10 +382,16 @@ mod certificates {
     #[test]
     fn not_yet_valid_and_expired_certificates_are_refused() {
         let now = ::time::OffsetDateTime::now_utc();
-        let future = pki(now + ::time::Duration::days(1), now + ::time::Duration::days(2));
+        let future = pki(
+            now + ::time::Duration::days(1),
+            now + ::time::Duration::days(2),
+        );
         let body = answer(&future, &future.leaf_pem, &future.leaf_pem);
         assert!(refusal(&future, &body).contains("is not valid before"));
-        let past = pki(now - ::time::Duration::days(2), now - ::time::Duration::days(1));
+        let past = pki(
+            now - ::time::Duration::days(2),
+            now - ::time::Duration::days(1),
+        );
         let body = answer(&past, &past.leaf_pem, &past.leaf_pem);
         assert!(refusal(&past, &body).contains("expired"));
     }
