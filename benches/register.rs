@@ -95,99 +95,67 @@ fn main() {
     );
 
     let api = DeviceApi::start(Options::default());
-    let mut walls = Vec::new();
-    let mut cpus = Vec::new();
-    let mut peak_rss = 0;
-    for _ in 0..rounds {
-        let dir = tempfile::tempdir().unwrap();
-        device_root(dir.path());
-        let usage = measure(
-            Command::new(AGENT)
-                .env_clear()
-                .arg("--root")
-                .arg(dir.path())
-                .args([
-                    "--device-api",
-                    &api.url(),
-                    "-f",
-                    "demo-factory",
-                    "-t",
-                    "main",
-                    "-i",
-                    "bench",
-                ])
-                .args(["--start-daemon", "0"])
-                .stderr(std::process::Stdio::null()),
-        );
-        assert_eq!(usage.code, 0, "registration failed");
-        walls.push(usage.wall);
-        cpus.push(usage.cpu);
-        peak_rss = peak_rss.max(usage.max_rss_kib);
-    }
-    println!(
-        "software-key registration (median of {rounds}): wall {:.2} ms, CPU {:.2} ms, peak RSS {:.2} MiB",
-        median(walls).as_secs_f64() * 1e3,
-        median(cpus).as_secs_f64() * 1e3,
-        peak_rss as f64 / 1024.0
-    );
+    registrations(&api, rounds, "software-key registration", |_, _| {});
 
     const SOFTHSM: &str = "/usr/lib/softhsm/libsofthsm2.so";
     if !Path::new(SOFTHSM).exists() {
         println!("SoftHSM2 registration: skipped, {SOFTHSM} is not installed");
         return;
     }
+    // A first-boot registration: the agent initialises the token.
+    registrations(
+        &api,
+        rounds,
+        "SoftHSM2 registration incl. token init",
+        |root, cmd| {
+            let tokens = root.join("tokens");
+            std::fs::create_dir(&tokens).unwrap();
+            let conf = root.join("softhsm2.conf");
+            let conf_text = format!(
+                "directories.tokendir = {}\nlog.level = ERROR\n",
+                tokens.display()
+            );
+            std::fs::write(&conf, conf_text).unwrap();
+            let hsm = root.join("etc/sota/hsm");
+            std::fs::create_dir_all(hsm.parent().unwrap()).unwrap();
+            let hsm_text = format!("HSM_MODULE={SOFTHSM}\nHSM_PIN=87654321\nHSM_SOPIN=12345678\n");
+            std::fs::write(&hsm, hsm_text).unwrap();
+            std::fs::set_permissions(&hsm, std::fs::Permissions::from_mode(0o600)).unwrap();
+            cmd.env("SOFTHSM2_CONF", conf);
+        },
+    );
+}
+
+/// Runs `rounds` registrations, each in a fresh device root that `prepare`
+/// may extend, and prints the median wall and CPU time and the peak RSS.
+fn registrations(
+    api: &DeviceApi,
+    rounds: usize,
+    what: &str,
+    prepare: impl Fn(&Path, &mut Command),
+) {
     let mut walls = Vec::new();
     let mut cpus = Vec::new();
     let mut peak_rss = 0;
     for _ in 0..rounds {
         let dir = tempfile::tempdir().unwrap();
         device_root(dir.path());
-        let tokens = dir.path().join("tokens");
-        std::fs::create_dir(&tokens).unwrap();
-        let conf = dir.path().join("softhsm2.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "directories.tokendir = {}\nlog.level = ERROR\n",
-                tokens.display()
-            ),
-        )
-        .unwrap();
-        let hsm = dir.path().join("etc/sota/hsm");
-        std::fs::create_dir_all(hsm.parent().unwrap()).unwrap();
-        std::fs::write(
-            &hsm,
-            format!("HSM_MODULE={SOFTHSM}\nHSM_PIN=87654321\nHSM_SOPIN=12345678\n"),
-        )
-        .unwrap();
-        std::fs::set_permissions(&hsm, std::fs::Permissions::from_mode(0o600)).unwrap();
-        // A first-boot registration: the token is initialised by the agent.
-        let usage = measure(
-            Command::new(AGENT)
-                .env_clear()
-                .env("SOFTHSM2_CONF", &conf)
-                .arg("--root")
-                .arg(dir.path())
-                .args([
-                    "--device-api",
-                    &api.url(),
-                    "-f",
-                    "demo-factory",
-                    "-t",
-                    "main",
-                    "-i",
-                    "bench",
-                ])
-                .args(["--start-daemon", "0"])
-                .stderr(std::process::Stdio::null()),
-        );
-        assert_eq!(usage.code, 0, "HSM registration failed");
+        let mut cmd = Command::new(AGENT);
+        cmd.env_clear()
+            .arg("--root")
+            .arg(dir.path())
+            .args(["--device-api", &api.url(), "-f", "demo-factory"])
+            .args(["-t", "main", "-i", "bench", "--start-daemon", "0"])
+            .stderr(std::process::Stdio::null());
+        prepare(dir.path(), &mut cmd);
+        let usage = measure(&mut cmd);
+        assert_eq!(usage.code, 0, "{what} failed");
         walls.push(usage.wall);
         cpus.push(usage.cpu);
         peak_rss = peak_rss.max(usage.max_rss_kib);
     }
     println!(
-        "SoftHSM2 registration incl. token init (median of {rounds}): wall {:.2} ms, CPU {:.2} ms, peak RSS {:.2} MiB",
+        "{what} (median of {rounds}): wall {:.2} ms, CPU {:.2} ms, peak RSS {:.2} MiB",
         median(walls).as_secs_f64() * 1e3,
         median(cpus).as_secs_f64() * 1e3,
         peak_rss as f64 / 1024.0

@@ -109,14 +109,9 @@ fn every_broken_device_file_is_a_clear_error_that_writes_nothing() {
         // An empty -t means "not given": drop the harness's "-t main".
         let run = if args.first() == Some(&"-t") {
             args.drain(..2);
-            let run: Run = std::process::Command::new(env!("CARGO_BIN_EXE_lmp-device-register"))
-                .env_clear()
-                .args(["--root", device.root.path().to_str().unwrap()])
-                .args(["--device-api", &api.url(), "-f", FACTORY, "-i", HWID])
-                .output()
-                .unwrap()
-                .into();
-            run
+            let mut cmd = device.bare_command();
+            cmd.args(["--device-api", &api.url(), "-f", FACTORY, "-i", HWID]);
+            Device::output(cmd)
         } else {
             device.run(&api, &args)
         };
@@ -143,23 +138,9 @@ fn os_release_may_be_a_symlink_as_on_every_lmp_image() {
     let real = device.path("usr/lib/os-release");
     write_file(&real, "ID=lmp\nLMP_FACTORY=demo-factory\n", 0o644);
     std::os::unix::fs::symlink("../usr/lib/os-release", device.path("etc/os-release")).unwrap();
-    let run: Run = std::process::Command::new(env!("CARGO_BIN_EXE_lmp-device-register"))
-        .env_clear()
-        .env("PATH", format!("{}:/usr/bin:/bin", device.stubs.display()))
-        .args(["--root", device.root.path().to_str().unwrap()])
-        .args([
-            "--device-api",
-            &api.url(),
-            "-t",
-            "main",
-            "-i",
-            HWID,
-            "--start-daemon",
-            "0",
-        ])
-        .output()
-        .unwrap()
-        .into();
+    let mut cmd = device.bare_command();
+    cmd.args(["--device-api", &api.url(), "-t", "main", "-i", HWID]);
+    let run = Device::output(cmd);
     run.assert_code(0).assert_says("factory read from");
     assert_eq!(api.registrations()[0].factory, FACTORY);
 }

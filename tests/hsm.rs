@@ -1,6 +1,7 @@
 //! Registration with the key in a PKCS#11 token, against SoftHSM2 and the
 //! loopback registration API, through the built binary.
 
+mod common;
 mod hsm_support;
 
 use cryptoki::object::{AttributeType, ObjectClass};

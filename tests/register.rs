@@ -175,24 +175,12 @@ fn settings_come_from_the_device_files() {
     std::fs::create_dir_all(device.path("var/sota/compose-apps/shellhttpd")).unwrap();
     std::fs::create_dir_all(device.path("var/sota/compose-apps/agent")).unwrap();
 
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_lmp-device-register"));
-    let run: Run = cmd
-        .env_clear()
-        .env("PATH", format!("{}:/usr/bin:/bin", device.stubs.display()))
-        .env("DEVICE_API", api.url())
+    let mut cmd = device.bare_command();
+    cmd.env("DEVICE_API", api.url())
         .env("USE_HOSTNAME", "1")
         .env("PRODUCTION", "yes")
-        .args([
-            "--root",
-            device.root.path().to_str().unwrap(),
-            "-i",
-            HWID,
-            "--start-daemon",
-            "0",
-        ])
-        .output()
-        .unwrap()
-        .into();
+        .args(["-i", HWID]);
+    let run = Device::output(cmd);
     run.assert_code(0)
         .assert_says("tags read from")
         .assert_says("etc/sota/tag");
@@ -286,14 +274,10 @@ fn empty_tag_file_is_a_clear_error() {
     let device = Device::new();
     write_file(&device.path("etc/sota/tag"), " \n", 0o644);
     // Without the harness's "-t main", so that the tag file is read.
-    let run_without_tag_flag = || -> Run {
-        std::process::Command::new(env!("CARGO_BIN_EXE_lmp-device-register"))
-            .env_clear()
-            .args(["--root", device.root.path().to_str().unwrap()])
-            .args(["--device-api", &api.url(), "-f", FACTORY, "-i", HWID])
-            .output()
-            .unwrap()
-            .into()
+    let run_without_tag_flag = || {
+        let mut cmd = device.bare_command();
+        cmd.args(["--device-api", &api.url(), "-f", FACTORY, "-i", HWID]);
+        Device::output(cmd)
     };
     run_without_tag_flag()
         .assert_code(2)

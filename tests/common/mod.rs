@@ -49,6 +49,16 @@ impl Run {
     }
 }
 
+impl std::fmt::Debug for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit {}\n--- stdout\n{}\n--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
 impl From<Output> for Run {
     fn from(output: Output) -> Self {
         Run {
@@ -115,32 +125,45 @@ impl Device {
         listing(&self.sota())
     }
 
-    /// The agent with a clean environment, the stubs first on PATH, and the
-    /// flags every test needs; `extra` comes last and may override them.
-    pub fn command(&self, api: &DeviceApi, extra: &[&str]) -> Command {
+    /// The agent with a clean environment, the stubs first on PATH, this
+    /// root, and nothing else: for tests that want settings from files or
+    /// the environment.
+    pub fn bare_command(&self) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_lmp-device-register"));
         cmd.env_clear()
             .env("PATH", format!("{}:/usr/bin:/bin", self.stubs.display()))
             .arg("--root")
             .arg(self.root.path())
-            .args([
-                "--device-api",
-                &api.url(),
-                "-f",
-                FACTORY,
-                "-t",
-                "main",
-                "-i",
-                HWID,
-            ])
             .args(["--start-daemon", "0"])
-            .args(extra)
             .stdin(std::process::Stdio::null());
         cmd
     }
 
+    /// [`Device::bare_command`] with the flags most tests need; `extra` comes
+    /// last and may override them.
+    pub fn command(&self, api: &DeviceApi, extra: &[&str]) -> Command {
+        let mut cmd = self.bare_command();
+        cmd.args([
+            "--device-api",
+            &api.url(),
+            "-f",
+            FACTORY,
+            "-t",
+            "main",
+            "-i",
+            HWID,
+        ])
+        .args(extra);
+        cmd
+    }
+
+    /// Runs a command and collects its exit code and output.
+    pub fn output(mut cmd: Command) -> Run {
+        cmd.output().unwrap().into()
+    }
+
     pub fn run(&self, api: &DeviceApi, extra: &[&str]) -> Run {
-        self.command(api, extra).output().unwrap().into()
+        Device::output(self.command(api, extra))
     }
 }
 
