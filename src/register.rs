@@ -130,17 +130,23 @@ fn preflight(settings: &Settings) -> Result<Preflight> {
     ))
 }
 
+/// Without a token the only way to authenticate is a person approving the
+/// device in a browser: refuse at once when nobody can.
+fn ensure_credentials_obtainable(settings: &Settings) -> Result<()> {
+    if settings.token.is_none() && (settings.boot || !std::io::stdin().is_terminal()) {
+        return Err(Error::config(
+            "no API token: provide /etc/lmp-device-register-token, --api-token-file or TOKEN_FILE (interactive OAuth needs a terminal)",
+        ));
+    }
+    Ok(())
+}
+
 async fn credentials(settings: &Settings, client: &ApiClient, uuid: &str) -> Result<Credentials> {
     if let Some(token) = &settings.token {
         return Ok(Credentials::Token {
             header: settings.token_header.clone(),
             token: token.clone(),
         });
-    }
-    if settings.boot || !std::io::stdin().is_terminal() {
-        return Err(Error::config(
-            "no API token: provide /etc/lmp-device-register-token, --api-token-file or TOKEN_FILE (interactive OAuth needs a terminal)",
-        ));
     }
     let token = crate::oauth::device_flow(
         client.http(),
@@ -266,6 +272,7 @@ fn keep_identity_after(error: &Error, resumed: bool) -> bool {
 
 pub async fn register(settings: &Settings) -> Result<Outcome> {
     log_settings(settings);
+    ensure_credentials_obtainable(settings)?;
     // A wrong module or PIN is reported before anything is created.
     let module = settings.hsm.as_ref().map(hsm::Module::load).transpose()?;
     let _lock = match preflight(settings)? {
