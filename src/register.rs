@@ -272,7 +272,6 @@ fn keep_identity_after(error: &Error, resumed: bool) -> bool {
 
 pub async fn register(settings: &Settings) -> Result<Outcome> {
     log_settings(settings);
-    ensure_credentials_obtainable(settings)?;
     // A wrong module or PIN is reported before anything is created.
     let module = settings.hsm.as_ref().map(hsm::Module::load).transpose()?;
     let _lock = match preflight(settings)? {
@@ -295,6 +294,7 @@ pub async fn register(settings: &Settings) -> Result<Outcome> {
             });
         }
     };
+    ensure_credentials_obtainable(settings)?;
     let token = module.map(hsm::Module::open_token).transpose()?;
 
     let mut client = ApiClient::new(settings.cacert.as_deref(), settings.request_timeout)?;
