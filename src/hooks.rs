@@ -14,12 +14,6 @@ pub enum StepOutcome {
     Failed(String),
 }
 
-impl StepOutcome {
-    pub fn is_done(&self) -> bool {
-        matches!(self, StepOutcome::Done)
-    }
-}
-
 /// Output of a child that is worth a log line: the last non-empty lines.
 fn tail(bytes: &[u8]) -> String {
     let text = String::from_utf8_lossy(bytes);

@@ -7,7 +7,7 @@ use nix::fcntl::{Flock, FlockArg};
 use std::fs::{DirBuilder, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 pub const PRIVATE_MODE: u32 = 0o600;
 pub const PUBLIC_MODE: u32 = 0o644;
@@ -275,11 +275,6 @@ pub fn recover(dir: &Path) -> Result<bool> {
         sync_dir(dir)?;
         Ok(false)
     }
-}
-
-/// Path of a file in the sota dir, for messages and checks.
-pub fn file(dir: &Path, name: &str) -> PathBuf {
-    dir.join(name)
 }
 
 #[cfg(test)]
