@@ -4,7 +4,7 @@
 //! response validation do not care which one they hold.
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::hsm::TokenKey;
+use crate::hsm::{Token, TokenKey};
 use crate::secret::Secret;
 use rcgen::{KeyPair, PublicKeyData, SignatureAlgorithm, SigningKey, PKCS_ECDSA_P256_SHA256};
 
@@ -60,7 +60,15 @@ pub enum DeviceKey<'t> {
     Token(TokenKey<'t>),
 }
 
-impl DeviceKey<'_> {
+impl<'t> DeviceKey<'t> {
+    /// The token that holds the key, if it is not a software key.
+    pub fn token(&self) -> Option<&'t Token> {
+        match self {
+            DeviceKey::Software(_) => None,
+            DeviceKey::Token(key) => Some(key.token()),
+        }
+    }
+
     /// The PEM for `pkey.pem`; a token key has none.
     pub fn private_pem(&self) -> Option<Secret> {
         match self {
@@ -71,10 +79,7 @@ impl DeviceKey<'_> {
 
     /// The `[p11]` section of `sota.toml` that points at a token key.
     pub fn p11_section(&self) -> Option<toml::Table> {
-        match self {
-            DeviceKey::Software(_) => None,
-            DeviceKey::Token(key) => Some(key.token().p11_section()),
-        }
+        self.token().map(Token::p11_section)
     }
 }
 

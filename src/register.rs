@@ -319,7 +319,7 @@ pub async fn register(settings: &Settings) -> Result<Outcome> {
         // (even an interrupted one) until the identity is abandoned.
         token.keep_created();
     }
-    let result = register_identity(settings, &mut client, &identity, token.as_ref()).await;
+    let result = register_identity(settings, &mut client, &identity).await;
     match &result {
         Err(error) if !keep_identity_after(error, identity.resumed) => {
             if let Some(token) = &token {
@@ -344,8 +344,8 @@ async fn register_identity(
     settings: &Settings,
     client: &mut ApiClient,
     identity: &Identity<'_>,
-    token: Option<&hsm::Token>,
 ) -> Result<Outcome> {
+    let token = identity.key.token();
     let uuid = identity.uuid.clone();
     let name = settings.name.clone().unwrap_or_else(|| uuid.clone());
     tracing::info!("device UUID {uuid}, name {name}");
