@@ -477,7 +477,7 @@ fn resolve_hsm(
             (pin, so_pin) => {
                 // The PINs may live in the hsm file while the module is given on
                 // the command line.
-                let from_file = read_hsm_file(hsm_file)?;
+                let from_file = read_hsm_file(hsm_file)?.unwrap_or_default();
                 match (pin.or(from_file.pin), so_pin.or(from_file.so_pin)) {
                     (Some(pin), Some(so_pin)) => (pin, so_pin),
                     _ => {
@@ -502,10 +502,9 @@ fn resolve_hsm(
     }
     // A missing file means no HSM; a present one that names nothing is as
     // broken as one that names only part of the configuration.
-    if !hsm_file.exists() && hsm_file.symlink_metadata().is_err() {
+    let Some(from_file) = read_hsm_file(hsm_file)? else {
         return Ok(None);
-    }
-    let from_file = read_hsm_file(hsm_file)?;
+    };
     match (from_file.module, from_file.pin, from_file.so_pin) {
         (Some(module), Some(pin), Some(so_pin)) => {
             origins.push(("hsm", hsm_file.display().to_string()));
@@ -556,10 +555,13 @@ pub fn parse_hsm_file(text: &str) -> std::result::Result<HsmFile, String> {
     })
 }
 
-fn read_hsm_file(path: &Path) -> Result<HsmFile> {
+/// `None` when the file does not exist.
+fn read_hsm_file(path: &Path) -> Result<Option<HsmFile>> {
     let Some(text) = read_secret_optional(path)? else {
-        return Ok(HsmFile::default());
+        return Ok(None);
     };
     let text = zeroize::Zeroizing::new(text);
-    parse_hsm_file(&text).map_err(|e| config_file_error(path, e))
+    parse_hsm_file(&text)
+        .map(Some)
+        .map_err(|e| config_file_error(path, e))
 }
