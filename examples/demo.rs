@@ -6,7 +6,7 @@
 //! (its `/etc` and `/var/sota`), so nothing on this machine is touched.
 
 use device_api::{DeviceApi, Options};
-use lmp_device_register::settings::Environment;
+use lmp_device_register::config::Environment;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 

@@ -1,8 +1,72 @@
 //! The command line. Names and short flags match the C++ `lmp-device-register`
 //! so existing scripts and documentation keep working.
 
-use clap::{ArgAction, Parser};
+use clap::{ArgAction, Parser, ValueEnum};
 use std::path::PathBuf;
+
+/// The fleet backends the agent can register with.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ProfileName {
+    /// Linux microPlatform: the factory registration API, then fioconfig.
+    #[default]
+    Lmp,
+}
+
+impl ProfileName {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProfileName::Lmp => "lmp",
+        }
+    }
+
+    /// Every profile name, including those a smaller build leaves out, so
+    /// that a config file written for a full build still reads.
+    pub const ALL_NAMES: &'static [&'static str] = &["lmp", "losant", "tii", "azure-dps"];
+
+    /// The profile called `name`, or why there is none.
+    pub fn parse(name: &str) -> Result<ProfileName, String> {
+        if let Ok(profile) = ProfileName::from_str(name, false) {
+            return Ok(profile);
+        }
+        if Self::ALL_NAMES.contains(&name) {
+            Err(format!(
+                "this build has no {name} profile (it was built without the cargo feature {name})"
+            ))
+        } else {
+            Err(format!(
+                "unknown profile {name:?} (known: {})",
+                Self::ALL_NAMES.join(", ")
+            ))
+        }
+    }
+}
+
+/// The profile a flag belongs to; `None` for flags every profile takes.
+/// Flags are named by their clap id (the field name).
+pub fn profile_of_flag(id: &str) -> Option<ProfileName> {
+    const LMP: &[&str] = &[
+        "api_token",
+        "api_token_file",
+        "api_token_header",
+        "factory",
+        "tags",
+        "hwid",
+        "uuid",
+        "validate_uuid",
+        "name",
+        "device_group",
+        "production",
+        "sota_dir",
+        "apps",
+        "restorable_apps",
+        "start_daemon",
+        "use_ostree_server",
+        "mlock_all",
+        "device_api",
+        "oauth_api",
+    ];
+    LMP.contains(&id).then_some(ProfileName::Lmp)
+}
 
 /// Parses the boolean words that scripts pass to the old tool's flags.
 pub fn parse_bool_word(word: &str) -> Result<bool, String> {
@@ -115,9 +179,21 @@ pub struct Cli {
     #[arg(long, value_name = "PATH")]
     pub cacert: Option<PathBuf>,
 
-    /// Resolve every default path (/etc, /var/sota, /var/lock) under this directory.
+    /// Resolve every default path (/etc, /var/sota, /var/lock) under this directory, which must exist.
     #[arg(long, value_name = "DIR")]
     pub root: Option<PathBuf>,
+
+    /// Registration profile (fleet backend) [env: REGISTER_PROFILE] [default: `profile` of the config file, else lmp].
+    #[arg(long, value_name = "PROFILE", value_parser = |s: &str| ProfileName::parse(s))]
+    pub profile: Option<ProfileName>,
+
+    /// Config file with one table per profile [default: /etc/lmp-device-register.toml when it exists].
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    /// Also log debug lines (or set RUST_LOG=debug; -v is --validate-uuid, as in the C++ tool).
+    #[arg(long)]
+    pub verbose: bool,
 
     /// Print one JSON object with the result on stdout.
     #[arg(long)]

@@ -87,17 +87,12 @@ impl Error {
         Error::new(ErrorKind::Config, message)
     }
 
-    pub fn kind(&self) -> ErrorKind {
-        self.kind
+    pub fn internal(message: impl fmt::Display + Send + Sync + 'static) -> Self {
+        Error::new(ErrorKind::Internal, message)
     }
 
-    /// Adds what was being done when the error happened, keeping the kind.
-    pub fn context(self, context: impl fmt::Display + Send + Sync + 'static) -> Self {
-        Error {
-            kind: self.kind,
-            inner: self.inner.context(context),
-            outcome_unknown: self.outcome_unknown,
-        }
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
     }
 }
 
@@ -118,10 +113,6 @@ impl std::error::Error for Error {}
 
 /// Attaches a kind and a context to any error, e.g. an `io::Error`.
 pub trait ResultExt<T> {
-    fn kind_context<C>(self, kind: ErrorKind, context: C) -> Result<T>
-    where
-        C: fmt::Display + Send + Sync + 'static;
-
     fn with_kind_context<C, F>(self, kind: ErrorKind, context: F) -> Result<T>
     where
         C: fmt::Display + Send + Sync + 'static,
@@ -132,17 +123,6 @@ impl<T, E> ResultExt<T> for std::result::Result<T, E>
 where
     E: std::error::Error + Send + Sync + 'static,
 {
-    fn kind_context<C>(self, kind: ErrorKind, context: C) -> Result<T>
-    where
-        C: fmt::Display + Send + Sync + 'static,
-    {
-        self.map_err(|e| Error {
-            kind,
-            inner: anyhow::Error::new(e).context(context),
-            outcome_unknown: false,
-        })
-    }
-
     fn with_kind_context<C, F>(self, kind: ErrorKind, context: F) -> Result<T>
     where
         C: fmt::Display + Send + Sync + 'static,

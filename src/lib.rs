@@ -1,36 +1,36 @@
-//! lmp-device-register: puts a Linux microPlatform device into its factory's
-//! fleet. `run` is the whole program; `main.rs` only hands it the arguments
-//! and the environment.
+//! lmp-device-register: puts a freshly flashed device into its fleet, with
+//! one of several registration profiles (LmP's factory API by default).
+//! `run` is the whole program; `main.rs` only hands it the arguments and the
+//! environment.
 
-pub mod api;
-pub mod bundle;
 pub mod cli;
-pub mod clock;
-pub mod csr;
+pub(crate) mod clock;
+pub mod config;
+pub(crate) mod csr;
 pub mod error;
-pub mod hooks;
-pub mod hsm;
-pub mod key;
-pub mod localfiles;
-pub mod logging;
-pub mod oauth;
-pub mod pending;
-pub mod register;
-pub mod retry;
-pub mod secret;
-pub mod settings;
-pub mod sotadir;
+pub(crate) mod flow;
+pub(crate) mod http;
+pub(crate) mod identity;
+pub(crate) mod keys;
+pub(crate) mod logging;
+pub mod profiles;
+pub(crate) mod retry;
+pub(crate) mod secret;
+pub(crate) mod store;
+pub(crate) mod tls;
+pub(crate) mod x509;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
+use config::{Environment, Resolver};
 use error::{Error, ErrorKind};
-use settings::{Environment, Settings};
 use std::ffi::OsString;
+use std::io::Write;
 
 /// Runs `work` until it ends or SIGTERM/SIGINT arrives. On a signal the
-/// future is dropped at its current await point: the sota dir is only ever
-/// changed by synchronous code between awaits (a commit cannot be cut in
-/// half), and drop guards undo what the run created. The handlers only wake
-/// this task; no work happens in signal context.
+/// future is dropped at its current await point: files are only ever
+/// changed by synchronous code between awaits (an installation cannot be
+/// cut in half), and drop guards undo what the run created. The handlers
+/// only wake this task; no work happens in signal context.
 async fn until_interrupted<T>(
     work: impl std::future::Future<Output = error::Result<T>>,
 ) -> error::Result<T> {
@@ -40,12 +40,7 @@ async fn until_interrupted<T>(
         signal(SignalKind::interrupt()),
     ) {
         (Ok(term), Ok(int)) => (term, int),
-        _ => {
-            return Err(Error::new(
-                ErrorKind::Internal,
-                "cannot install signal handlers",
-            ))
-        }
+        _ => return Err(Error::internal("cannot install signal handlers")),
     };
     tokio::select! {
         result = work => result,
@@ -54,48 +49,99 @@ async fn until_interrupted<T>(
     }
 }
 
+/// Prints the one `--json` object; a closed stdout is no reason to fail.
+fn print_json(value: &serde_json::Value) {
+    let _ = writeln!(std::io::stdout(), "{value}");
+}
+
+fn error_report(kind: ErrorKind, message: &str) -> serde_json::Value {
+    serde_json::json!({
+        "status": "error",
+        "kind": kind.as_str(),
+        "message": message,
+        "exit_code": kind.exit_code(),
+    })
+}
+
+/// Resolves the settings: the shared ones and the profile's, with every
+/// problem reported at once.
+fn resolve(
+    cli: &cli::Cli,
+    given: Vec<String>,
+    env: &Environment,
+) -> error::Result<(config::Common, profiles::Profile)> {
+    let mut resolver = Resolver::new(cli, given, env)?;
+    let name = resolver.profile();
+    let profile = profiles::Profile::resolve(&mut resolver, name);
+    let uses_key = profile
+        .as_ref()
+        .is_some_and(|p| profiles::Backend::key_spec(p).is_some());
+    let common = resolver.finish(name, uses_key)?;
+    let profile = profile.ok_or_else(|| Error::internal("the profile settings are incomplete"))?;
+    Ok((common, profile))
+}
+
 /// Runs the agent and returns the process exit code.
 pub fn run(args: impl IntoIterator<Item = OsString>, env: Environment) -> u8 {
-    let cli = match cli::Cli::try_parse_from(args) {
-        Ok(cli) => cli,
+    let args: Vec<OsString> = args.into_iter().collect();
+    let json = args.iter().skip(1).any(|a| a == "--json");
+    let parsed = cli::Cli::command()
+        .try_get_matches_from(&args)
+        .and_then(|matches| cli::Cli::from_arg_matches(&matches).map(|cli| (cli, matches)));
+    let (cli, matches) = match parsed {
+        Ok(parsed) => parsed,
         Err(e) => {
             let _ = e.print();
-            return if e.use_stderr() {
-                ErrorKind::Config.exit_code()
-            } else {
-                0
-            };
+            if !e.use_stderr() {
+                return 0;
+            }
+            if json {
+                let message = e.kind().as_str().map_or_else(
+                    || e.to_string().lines().next().unwrap_or_default().to_string(),
+                    |kind| {
+                        format!(
+                            "{kind}: {}",
+                            e.to_string().lines().next().unwrap_or_default()
+                        )
+                    },
+                );
+                print_json(&error_report(ErrorKind::Config, &message));
+            }
+            return ErrorKind::Config.exit_code();
         }
     };
-    logging::init(env.under_journald());
-    let json = cli.json;
-    let result = Settings::resolve(&cli, &env).and_then(|settings| {
+    let given: Vec<String> = matches
+        .ids()
+        .filter(|id| {
+            matches.value_source(id.as_str()) == Some(clap::parser::ValueSource::CommandLine)
+        })
+        .map(|id| id.to_string())
+        .collect();
+    logging::init(env.under_journald(), cli.verbose || env.wants_debug());
+    let result = resolve(&cli, given, &env).and_then(|(common, profile)| {
+        for warning in &common.warnings {
+            tracing::warn!("{warning}");
+        }
+        for (what, from) in &common.origins {
+            tracing::info!("{what} read from {from}");
+        }
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .map_err(|e| Error::new(ErrorKind::Internal, format!("cannot start: {e}")))?;
-        runtime.block_on(until_interrupted(register::register(&settings)))
+            .map_err(|e| Error::internal(format!("cannot start: {e}")))?;
+        runtime.block_on(until_interrupted(flow::register(&common, &profile)))
     });
     match result {
         Ok(outcome) => {
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string(&outcome).expect("outcome serialises")
-                );
+            if cli.json {
+                print_json(&serde_json::to_value(&outcome).unwrap_or_default());
             }
             0
         }
         Err(error) => {
             tracing::error!("{error}");
-            if json {
-                let report = serde_json::json!({
-                    "status": "error",
-                    "kind": error.kind().as_str(),
-                    "message": error.to_string(),
-                    "exit_code": error.kind().exit_code(),
-                });
-                println!("{report}");
+            if cli.json {
+                print_json(&error_report(error.kind(), &error.to_string()));
             }
             error.kind().exit_code()
         }

@@ -2,11 +2,16 @@
 //! systemd runs the agent. Secrets are never logged: they are held in
 //! `Secret`, whose formatting is redacted.
 
+use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
-pub fn init(to_journald: bool) {
-    let filter = tracing_subscriber::filter::LevelFilter::INFO;
+pub fn init(to_journald: bool, debug: bool) {
+    let filter = if debug {
+        LevelFilter::DEBUG
+    } else {
+        LevelFilter::INFO
+    };
     if to_journald {
         if let Ok(journald) = tracing_journald::layer() {
             let _ = tracing_subscriber::registry()
@@ -22,5 +27,9 @@ pub fn init(to_journald: bool) {
         .without_time()
         .with_target(false)
         .with_ansi(false)
+        // Its own complaint about a failed write would go to the same broken
+        // stderr through eprintln!, which panics; a log line that cannot be
+        // written is lost, and the exit code still tells the outcome.
+        .log_internal_errors(false)
         .try_init();
 }

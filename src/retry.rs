@@ -60,10 +60,23 @@ impl RetryPolicy {
 }
 
 /// How an attempt failed, as far as retrying is concerned.
-pub trait Retryable {
+pub trait Retryable: Sized {
     /// `None`: final, do not retry. `Some(None)`: retry after a backoff.
     /// `Some(Some(d))`: the server asked for `d` (Retry-After).
     fn retry_hint(&self) -> Option<Option<Duration>>;
+
+    /// Whether the server may have received and acted on the failed attempt
+    /// (it went out, but no answer came back).
+    fn may_have_been_received(&self) -> bool {
+        false
+    }
+
+    /// This failure, as the last of attempts of which an earlier one may
+    /// have been received: whoever decides what the failure means must not
+    /// take it for a clean refusal.
+    fn after_possibly_received(self) -> Self {
+        self
+    }
 }
 
 /// Runs `op` until it succeeds, fails finally, or the policy runs out; each
@@ -76,6 +89,14 @@ where
 {
     let started = Instant::now();
     let mut attempt = 0;
+    let mut maybe_received = false;
+    let last = |error: E, earlier_maybe_received: bool| {
+        if earlier_maybe_received {
+            error.after_possibly_received()
+        } else {
+            error
+        }
+    };
     loop {
         attempt += 1;
         let error = match op(attempt).await {
@@ -83,7 +104,7 @@ where
             Err(error) => error,
         };
         let Some(server_delay) = error.retry_hint() else {
-            return Err(error);
+            return Err(last(error, maybe_received));
         };
         let delay = server_delay.unwrap_or_else(|| policy.jittered_delay(attempt));
         let elapsed = started.elapsed();
@@ -92,8 +113,9 @@ where
                 "{what}: attempt {attempt} failed: {error}; giving up after {:.1}s",
                 elapsed.as_secs_f64()
             );
-            return Err(error);
+            return Err(last(error, maybe_received));
         }
+        maybe_received |= error.may_have_been_received();
         tracing::warn!(
             "{what}: attempt {attempt} failed: {error}; retrying in {:.1}s",
             delay.as_secs_f64()

@@ -74,7 +74,7 @@ fn waits_for_a_server_that_is_not_up_yet() {
     let started = Instant::now();
     let run = device.run(&api, &["--boot"]);
     run.assert_code(0)
-        .assert_says("reaching DEVICE_API: attempt 1 failed")
+        .assert_says("registering: attempt 1 failed")
         .assert_says("Connection refused");
     assert!(started.elapsed() >= Duration::from_secs(3));
     assert_eq!(device.sota_listing(), REGISTERED_SOFTWARE);

@@ -456,18 +456,26 @@ fn untrustworthy_answer_after_key_generation_removes_the_new_key() {
 }
 
 #[test]
-fn pin_with_quote_and_backslash_survives_in_sota_toml() {
+fn a_pin_aktualizr_lite_would_misread_is_refused_before_any_key_is_made() {
     require_softhsm!();
-    let pin = r#"q"uo\te-1"#;
-    let fixture = registered_fixture(pin);
-    let config = sota_toml(&fixture);
-    assert_eq!(config["p11"]["pass"].as_str(), Some(pin));
-    let hsm = fixture.open_softhsm();
-    assert_eq!(
-        objects(&hsm.login(pin)).len(),
-        3,
-        "the token took the same PIN"
-    );
+    for pin in [r#"q"uo1234"#, r"back\slash", "it's1234", "with space"] {
+        let mut fixture = Fixture::new();
+        let run = if pin.contains('\'') {
+            // Not writable in the fixture's single quotes: on the command line.
+            fixture.run(&["-m", MODULE, "-P", pin, "-S", SO_PIN])
+        } else {
+            fixture.write_hsm_file(Some(MODULE), Some(pin), Some(SO_PIN));
+            fixture.run(&[])
+        };
+        run.assert_code(2)
+            .assert_says("printable ASCII without spaces, quotes");
+        assert!(!run.output().contains(pin), "{run:?}");
+        assert!(fixture.sota_files().is_empty(), "{run:?}");
+        assert!(
+            fixture.open_softhsm().token_labels().is_empty(),
+            "no token was initialised: {run:?}"
+        );
+    }
 }
 
 /// A TLS client whose private key never leaves the token.

@@ -7,7 +7,7 @@ mod common;
 use common::*;
 use device_api::{DeviceApi, Options};
 use lmp_device_register::error::ErrorKind;
-use lmp_device_register::oauth::device_flow;
+use lmp_device_register::profiles::lmp::oauth::device_flow;
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()

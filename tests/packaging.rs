@@ -11,9 +11,9 @@
 
 use clap::CommandFactory;
 use lmp_device_register::cli::Cli;
+use lmp_device_register::config::parse_hsm_file;
+use lmp_device_register::config::parse_single_line;
 use lmp_device_register::error::ErrorKind;
-use lmp_device_register::localfiles::parse_single_line;
-use lmp_device_register::settings::parse_hsm_file;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -605,13 +605,21 @@ fn md5_hex(path: &Path) -> String {
 
 /// Names the agent reads with option_env! at build time.
 fn build_time_variables() -> BTreeSet<String> {
-    let mut names = BTreeSet::new();
-    for entry in std::fs::read_dir(repo().join("src")).unwrap() {
-        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
-        for piece in text.split("option_env!(\"").skip(1) {
-            names.insert(piece.split('"').next().unwrap().to_string());
+    fn scan(dir: &Path, names: &mut BTreeSet<String>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                scan(&path, names);
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            for piece in text.split("option_env!(\"").skip(1) {
+                names.insert(piece.split('"').next().unwrap().to_string());
+            }
         }
     }
+    let mut names = BTreeSet::new();
+    scan(&repo().join("src"), &mut names);
     names
 }
 

@@ -22,9 +22,12 @@ complete -c lmp-device-register -s S -l hsm-so-pin -d 'PKCS#11 security officer 
 complete -c lmp-device-register -l device-api -d 'Registration API endpoint [env: DEVICE_API]' -r
 complete -c lmp-device-register -l oauth-api -d 'OAuth2 base URL for interactive authorisation [env: OAUTH_BASE]' -r
 complete -c lmp-device-register -l cacert -d 'Trust only the CA certificates in this PEM file for HTTPS, instead of the system roots [env: DEVICE_API_CACERT]' -r -F
-complete -c lmp-device-register -l root -d 'Resolve every default path (/etc, /var/sota, /var/lock) under this directory' -r -F
+complete -c lmp-device-register -l root -d 'Resolve every default path (/etc, /var/sota, /var/lock) under this directory, which must exist' -r -F
+complete -c lmp-device-register -l profile -d 'Registration profile (fleet backend) [env: REGISTER_PROFILE] [default: `profile` of the config file, else lmp]' -r
+complete -c lmp-device-register -l config -d 'Config file with one table per profile [default: /etc/lmp-device-register.toml when it exists]' -r -F
 complete -c lmp-device-register -l retry-deadline -d 'Stop retrying network failures after this many seconds [default: 60, or 1800 with --boot]' -r
 complete -c lmp-device-register -l request-timeout -d 'Give up on one HTTP request after this many seconds' -r
+complete -c lmp-device-register -l verbose -d 'Also log debug lines (or set RUST_LOG=debug; -v is --validate-uuid, as in the C++ tool)'
 complete -c lmp-device-register -l json -d 'Print one JSON object with the result on stdout'
 complete -c lmp-device-register -l boot -d 'First-boot mode for the systemd unit: an existing registration is success, and network failures are retried until the deadline'
 complete -c lmp-device-register -s h -l help -d 'Print help'

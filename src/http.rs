@@ -1,54 +1,28 @@
-//! The registration API client: the request body of the DEVICE_API contract,
-//! bounded response reading, and errors that say whether a retry can help.
+//! The one HTTP client of the agent: TLS trust built only when needed (see
+//! `tls`), bounded response reading, the server's own words for errors, and
+//! errors that say whether a retry can help.
 
+use crate::config::CaBundle;
 use crate::error::{Error, ErrorKind};
 use crate::retry::Retryable;
-use crate::secret::Secret;
-use base64::Engine;
-use serde::Serialize;
-use std::collections::BTreeMap;
+use crate::tls::ClientIdentity;
 use std::fmt;
-use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-/// No registration answer is anywhere near this large (four PEM files and a
-/// small TOML file).
+/// No answer the agent expects is anywhere near this large (a few PEM files
+/// and a small TOML or JSON document).
 pub const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
 /// Error bodies are shown to the user; more than this is noise.
 const MAX_SHOWN_ERROR_CHARS: usize = 2000;
 
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// `section -> key -> TOML literal`; an empty literal unsets the key.
-pub type Overrides = BTreeMap<&'static str, BTreeMap<&'static str, String>>;
-
-#[derive(Serialize, Debug)]
-pub struct RegistrationRequest<'a> {
-    pub name: &'a str,
-    pub uuid: &'a str,
-    pub csr: &'a str,
-    #[serde(rename = "hardware-id")]
-    pub hardware_id: &'a str,
-    #[serde(rename = "sota-config-dir")]
-    pub sota_config_dir: &'a str,
-    #[serde(rename = "use-ostree-server")]
-    pub use_ostree_server: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub group: Option<&'a str>,
-    pub overrides: &'a Overrides,
-}
-
-#[derive(Clone)]
-pub enum Credentials {
-    /// `<header>: <token>`, `OSF-TOKEN` by default.
-    Token { header: String, token: Secret },
-    /// An OAuth access token, sent the way the factory API expects it.
-    Bearer(Secret),
-}
-
 #[derive(Debug)]
-pub enum ApiError {
-    /// Could not connect, timed out, or the connection broke.
+pub enum HttpError {
+    /// No connection came about: the request was never sent.
+    Connect(String),
+    /// The connection broke or timed out after the request went out: the
+    /// server may have acted on it.
     Transport(String),
     /// The TLS handshake failed: the server is not who it should be (or we
     /// trust the wrong CA). Retrying cannot fix that.
@@ -61,184 +35,198 @@ pub enum ApiError {
     },
     /// The answer was unusable before even looking at its content.
     Body(String),
+    /// The last of several attempts, an earlier one of which the server may
+    /// have acted on.
+    AfterUnknown(Box<HttpError>),
 }
 
-impl fmt::Display for ApiError {
+impl fmt::Display for HttpError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ApiError::Transport(msg) => write!(f, "{msg}"),
-            ApiError::Tls(msg) => write!(
+            HttpError::Connect(msg) | HttpError::Transport(msg) => {
+                write!(f, "cannot reach the server: {msg}")
+            }
+            HttpError::Tls(msg) => write!(
                 f,
-                "{msg} (to trust a factory CA, pass --cacert or set DEVICE_API_CACERT)"
+                "{msg} (to trust the server's CA instead of the system roots, pass --cacert)"
             ),
-            ApiError::Status { code, message, .. } if message.is_empty() => {
+            HttpError::Status { code, message, .. } if message.is_empty() => {
                 write!(f, "HTTP {code}")
             }
-            ApiError::Status { code, message, .. } => write!(f, "HTTP {code}: {message}"),
-            ApiError::Body(msg) => write!(f, "{msg}"),
+            HttpError::Status { code, message, .. } => write!(f, "HTTP {code}: {message}"),
+            HttpError::Body(msg) => write!(f, "{msg}"),
+            HttpError::AfterUnknown(last) => last.fmt(f),
         }
     }
 }
 
-impl Retryable for ApiError {
+impl Retryable for HttpError {
     fn retry_hint(&self) -> Option<Option<Duration>> {
         match self {
-            ApiError::Transport(_) => Some(None),
-            ApiError::Status {
+            HttpError::Connect(_) | HttpError::Transport(_) => Some(None),
+            HttpError::Status {
                 code, retry_after, ..
             } => match code {
                 408 | 429 | 500..=599 => Some(*retry_after),
                 _ => None,
             },
-            ApiError::Tls(_) | ApiError::Body(_) => None,
+            HttpError::Tls(_) | HttpError::Body(_) => None,
+            HttpError::AfterUnknown(last) => last.retry_hint(),
+        }
+    }
+
+    fn may_have_been_received(&self) -> bool {
+        matches!(self, HttpError::Transport(_) | HttpError::AfterUnknown(_))
+    }
+
+    fn after_possibly_received(self) -> Self {
+        match self {
+            already @ HttpError::AfterUnknown(_) => already,
+            last => HttpError::AfterUnknown(Box::new(last)),
         }
     }
 }
 
-impl ApiError {
-    /// Maps the final failure of a registration attempt to the agent's error.
-    pub fn into_error(self, what: &str) -> Error {
-        let kind = match &self {
-            ApiError::Transport(_) => ErrorKind::Unavailable,
-            ApiError::Tls(_) => ErrorKind::Config,
-            ApiError::Status { code: 409, .. } => ErrorKind::AlreadyRegistered,
-            ApiError::Status { code, .. } if self.retry_hint().is_some() || *code < 400 => {
+impl HttpError {
+    /// Maps the final failure of a request to the agent's error; `doing`
+    /// says what was being done ("registering at <url>").
+    ///
+    /// The outcome is unknown (and a pending identity is kept) when the
+    /// server may have acted on some attempt and did not answer the last one
+    /// with a definite refusal.
+    pub fn into_error(self, doing: &str) -> Error {
+        let outcome_unknown = match &self {
+            HttpError::Transport(_) => true,
+            HttpError::AfterUnknown(last) => {
+                last.retry_hint().is_some() || last.status() == Some(409)
+            }
+            _ => false,
+        };
+        let last = match self {
+            HttpError::AfterUnknown(last) => *last,
+            other => other,
+        };
+        let kind = match &last {
+            HttpError::Connect(_) | HttpError::Transport(_) => ErrorKind::Unavailable,
+            HttpError::Tls(_) => ErrorKind::Config,
+            HttpError::Status { code: 409, .. } => ErrorKind::AlreadyRegistered,
+            HttpError::Status { code, .. } if last.retry_hint().is_some() || *code < 400 => {
                 if (300..400).contains(code) {
                     ErrorKind::Rejected
                 } else {
                     ErrorKind::Unavailable
                 }
             }
-            ApiError::Status { .. } => ErrorKind::Rejected,
-            ApiError::Body(_) => ErrorKind::BadResponse,
+            HttpError::Status { .. } => ErrorKind::Rejected,
+            HttpError::Body(_) => ErrorKind::BadResponse,
+            HttpError::AfterUnknown(_) => ErrorKind::Internal,
         };
-        let hint = match &self {
-            ApiError::Status { code: 409, .. } => {
-                "; the server already knows this device (use --force with a new UUID to register it again)"
-            }
-            ApiError::Status { code: 300..=399, .. } => {
-                "; redirects are not followed, so that the token is never sent elsewhere: point DEVICE_API at the final URL"
+        let hint = match &last {
+            HttpError::Status { code: 300..=399, .. } => {
+                "; redirects are not followed, so that credentials are never sent elsewhere: configure the final URL"
             }
             _ => "",
         };
-        let error = Error::new(kind, format!("{what}: {self}{hint}"));
-        if matches!(self, ApiError::Transport(_)) {
+        let error = Error::new(kind, format!("{doing}: {last}{hint}"));
+        if outcome_unknown {
             error.with_outcome_unknown()
         } else {
             error
         }
     }
+
+    /// The HTTP status of a refusal, if it was one.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            HttpError::Status { code, .. } => Some(*code),
+            HttpError::AfterUnknown(last) => last.status(),
+            _ => None,
+        }
+    }
 }
 
-pub struct ApiClient {
+/// An answer read in full (within [`MAX_RESPONSE_BYTES`]).
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub retry_after: Option<Duration>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    /// The answer as a refusal, with the server's message.
+    pub fn into_error(self) -> HttpError {
+        HttpError::Status {
+            code: self.status,
+            message: server_message(&self.body),
+            retry_after: self.retry_after,
+        }
+    }
+}
+
+/// A reqwest client with the agent's limits and TLS set-up.
+pub struct Client {
     http: reqwest::Client,
-    credentials: Option<Credentials>,
 }
 
-impl ApiClient {
-    /// `cacert`: trust only this PEM bundle instead of the system roots.
-    pub fn new(cacert: Option<&Path>, request_timeout: Duration) -> Result<Self, Error> {
+impl Client {
+    /// A client for these URLs: TLS trust is loaded only when one of them is
+    /// https (`cacert` instead of the system roots when given), and
+    /// `identity` is offered to servers that ask for a client certificate.
+    pub fn new(
+        urls: &[&reqwest::Url],
+        cacert: Option<&CaBundle>,
+        identity: Option<ClientIdentity>,
+        request_timeout: Duration,
+    ) -> Result<Self, Error> {
         let mut builder = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT.min(request_timeout))
             .timeout(request_timeout)
-            // A redirect would carry the token to wherever the server says.
+            // A redirect would carry credentials to wherever the server says.
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("lmp-device-register/", env!("CARGO_PKG_VERSION")));
-        if let Some(path) = cacert {
-            let pem = crate::localfiles::read_required(path)?;
-            let certs = reqwest::Certificate::from_pem_bundle(pem.as_bytes()).map_err(|e| {
-                Error::config(format!(
-                    "{}: not a PEM certificate bundle: {e}",
-                    path.display()
-                ))
-            })?;
-            if certs.is_empty() {
-                return Err(Error::config(format!(
-                    "{}: holds no certificate",
-                    path.display()
-                )));
-            }
-            builder = builder.tls_built_in_root_certs(false);
-            for cert in certs {
-                builder = builder.add_root_certificate(cert);
-            }
+        if urls.iter().any(|url| url.scheme() == "https") {
+            let roots = crate::tls::roots(cacert)?;
+            builder = builder.use_preconfigured_tls(crate::tls::client_config(roots, identity)?);
         }
         let http = builder
             .build()
-            .map_err(|e| Error::new(ErrorKind::Internal, format!("cannot set up HTTP: {e}")))?;
-        Ok(ApiClient {
-            http,
-            credentials: None,
-        })
+            .map_err(|e| Error::internal(format!("cannot set up HTTP: {e}")))?;
+        Ok(Client { http })
     }
 
-    pub fn set_credentials(&mut self, credentials: Credentials) {
-        self.credentials = Some(credentials);
-    }
-
-    pub fn http(&self) -> &reqwest::Client {
+    pub fn reqwest(&self) -> &reqwest::Client {
         &self.http
-    }
-
-    /// Any HTTP answer at all means the server is reachable.
-    pub async fn probe(&self, url: &reqwest::Url) -> Result<u16, ApiError> {
-        let response = self
-            .http
-            .head(url.clone())
-            .send()
-            .await
-            .map_err(transport_error)?;
-        Ok(response.status().as_u16())
-    }
-
-    /// POSTs the registration; on 201 returns the raw body for validation.
-    pub async fn register(
-        &self,
-        url: &reqwest::Url,
-        request: &RegistrationRequest<'_>,
-    ) -> Result<Vec<u8>, ApiError> {
-        let mut builder = self.http.post(url.clone()).json(request);
-        builder = match &self.credentials {
-            Some(Credentials::Token { header, token }) => {
-                builder.header(header.as_str(), sensitive_header(token.expose())?)
-            }
-            Some(Credentials::Bearer(token)) => {
-                let encoded = base64::engine::general_purpose::STANDARD.encode(token.expose());
-                builder.header(
-                    reqwest::header::AUTHORIZATION,
-                    sensitive_header(&format!("Bearer {encoded}"))?,
-                )
-            }
-            None => builder,
-        };
-        let response = builder.send().await.map_err(transport_error)?;
-        let status = response.status().as_u16();
-        let retry_after = response
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| parse_retry_after(v, SystemTime::now()));
-        let body = read_bounded(response).await?;
-        if status == 201 {
-            return Ok(body);
-        }
-        Err(ApiError::Status {
-            code: status,
-            message: server_message(&body),
-            retry_after,
-        })
     }
 }
 
-fn sensitive_header(value: &str) -> Result<reqwest::header::HeaderValue, ApiError> {
+/// Sends a request and reads its answer, whatever the status.
+pub async fn send(request: reqwest::RequestBuilder) -> Result<Response, HttpError> {
+    let response = request.send().await.map_err(transport_error)?;
+    let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| parse_retry_after(v, SystemTime::now()));
+    let body = read_bounded(response).await?;
+    Ok(Response {
+        status,
+        retry_after,
+        body,
+    })
+}
+
+/// A header value that reqwest keeps out of its debug output.
+pub fn sensitive_header(value: &str) -> Result<reqwest::header::HeaderValue, HttpError> {
     let mut value = reqwest::header::HeaderValue::from_str(value).map_err(|_| {
-        ApiError::Body("the API token contains characters not allowed in an HTTP header".into())
+        HttpError::Body("a credential contains characters not allowed in an HTTP header".into())
     })?;
     value.set_sensitive(true);
     Ok(value)
 }
 
-pub fn transport_error(error: reqwest::Error) -> ApiError {
+pub fn transport_error(error: reqwest::Error) -> HttpError {
     // reqwest's Display omits the cause ("error sending request"), which is
     // what a technician needs ("connection refused", "certificate ...").
     let mut message = error.to_string();
@@ -248,14 +236,15 @@ pub fn transport_error(error: reqwest::Error) -> ApiError {
         message.push_str(&cause.to_string());
         source = cause.source();
     }
-    let tls_failure = caused_by_tls(&error);
     if error.is_timeout() {
         message.push_str(" (timed out)");
     }
-    if tls_failure {
-        ApiError::Tls(message)
+    if caused_by_tls(&error) {
+        HttpError::Tls(message)
+    } else if error.is_connect() {
+        HttpError::Connect(message)
     } else {
-        ApiError::Transport(message)
+        HttpError::Transport(message)
     }
 }
 
@@ -276,19 +265,19 @@ fn caused_by_tls(error: &(dyn std::error::Error + 'static)) -> bool {
 
 /// Reads at most `MAX_RESPONSE_BYTES`, so a hostile server cannot exhaust
 /// the memory of a small device.
-pub async fn read_bounded(mut response: reqwest::Response) -> Result<Vec<u8>, ApiError> {
+pub async fn read_bounded(mut response: reqwest::Response) -> Result<Vec<u8>, HttpError> {
     if response
         .content_length()
         .is_some_and(|len| len > MAX_RESPONSE_BYTES as u64)
     {
-        return Err(ApiError::Body(format!(
+        return Err(HttpError::Body(format!(
             "the response is larger than {MAX_RESPONSE_BYTES} bytes"
         )));
     }
     let mut body = Vec::new();
     while let Some(chunk) = response.chunk().await.map_err(transport_error)? {
         if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
-            return Err(ApiError::Body(format!(
+            return Err(HttpError::Body(format!(
                 "the response is larger than {MAX_RESPONSE_BYTES} bytes"
             )));
         }
@@ -390,12 +379,14 @@ mod tests {
 
     #[test]
     fn only_transient_failures_are_retried() {
-        let status = |code| ApiError::Status {
+        let status = |code| HttpError::Status {
             code,
             message: String::new(),
             retry_after: None,
         };
-        assert!(ApiError::Transport("refused".into()).retry_hint().is_some());
+        assert!(HttpError::Transport("refused".into())
+            .retry_hint()
+            .is_some());
         for code in [408, 429, 500, 502, 503] {
             assert!(status(code).retry_hint().is_some(), "{code}");
         }

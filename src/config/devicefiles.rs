@@ -79,11 +79,6 @@ fn read_bounded(path: &Path, follow_links: bool) -> Result<Option<String>> {
         .map_err(|_| Error::config(format!("{} is not valid UTF-8", path.display())))
 }
 
-/// Reads a small text file that must exist.
-pub fn read_required(path: &Path) -> Result<String> {
-    read_optional(path)?.ok_or_else(|| Error::config(format!("{} does not exist", path.display())))
-}
-
 /// A file that holds exactly one value on one line (tag, token, hostname):
 /// surrounding whitespace is trimmed; empty or multi-line content is an error.
 pub fn parse_single_line(text: &str, what: &str) -> std::result::Result<String, String> {

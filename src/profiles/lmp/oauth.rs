@@ -1,8 +1,8 @@
 //! OAuth 2.0 device authorisation (RFC 8628) for a technician without an API
 //! token: show a code, wait for someone to approve it in a browser.
 
-use crate::api::{read_bounded, transport_error, ApiError};
 use crate::error::{Error, ErrorKind, Result};
+use crate::http::{self, HttpError};
 use crate::secret::Secret;
 use serde::Deserialize;
 use std::time::{Duration, Instant};
@@ -38,18 +38,12 @@ fn endpoint(base: &reqwest::Url, path: &str) -> Result<reqwest::Url> {
 }
 
 async fn post_form(
-    http: &reqwest::Client,
+    client: &reqwest::Client,
     url: &reqwest::Url,
     form: &[(&str, &str)],
-) -> std::result::Result<(u16, Vec<u8>), ApiError> {
-    let response = http
-        .post(url.clone())
-        .form(form)
-        .send()
-        .await
-        .map_err(transport_error)?;
-    let status = response.status().as_u16();
-    Ok((status, read_bounded(response).await?))
+) -> std::result::Result<(u16, Vec<u8>), HttpError> {
+    let response = http::send(client.post(url.clone()).form(form)).await?;
+    Ok((response.status, response.body))
 }
 
 fn unavailable(what: &str, e: impl std::fmt::Display) -> Error {
@@ -58,7 +52,7 @@ fn unavailable(what: &str, e: impl std::fmt::Display) -> Error {
 
 /// Runs the device flow; `prompt` receives the text for the technician.
 pub async fn device_flow(
-    http: &reqwest::Client,
+    client: &reqwest::Client,
     base: &reqwest::Url,
     client_id: &str,
     factory: &str,
@@ -66,7 +60,7 @@ pub async fn device_flow(
 ) -> Result<Secret> {
     let scope = format!("{factory}:devices:create");
     let (status, body) = post_form(
-        http,
+        client,
         &endpoint(base, "authorization/device/")?,
         &[("client_id", client_id), ("scope", &scope)],
     )
@@ -77,7 +71,7 @@ pub async fn device_flow(
             ErrorKind::Rejected,
             format!(
                 "OAuth device authorisation: HTTP {status}: {}",
-                crate::api::server_message(&body)
+                http::server_message(&body)
             ),
         ));
     }
@@ -113,7 +107,7 @@ pub async fn device_flow(
             ("client_id", client_id),
             ("scope", scope.as_str()),
         ];
-        let (status, body) = match post_form(http, &token_url, &form).await {
+        let (status, body) = match post_form(client, &token_url, &form).await {
             Ok(answer) => answer,
             Err(e) => {
                 tracing::warn!("polling for OAuth approval failed: {e}; trying again");
@@ -161,7 +155,7 @@ pub async fn device_flow(
                     ErrorKind::BadResponse,
                     format!(
                         "OAuth token answer HTTP {status} is not usable: {}",
-                        crate::api::server_message(&body)
+                        http::server_message(&body)
                     ),
                 ));
             }

@@ -3,10 +3,12 @@
 //! hand us a certificate for someone else's key.
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::x509;
+use rustls::pki_types::CertificateDer;
 use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use std::collections::BTreeMap;
 use std::fmt;
-use x509_parser::prelude::*;
+use x509_parser::time::ASN1Time;
 
 pub const CLIENT_CERT: &str = "client.pem";
 pub const CLIENT_CHAIN: &str = "client.chained";
@@ -81,39 +83,11 @@ fn bad(message: impl fmt::Display) -> Error {
     )
 }
 
-fn parse_pem_certs(text: &str, what: &str) -> Result<Vec<Vec<u8>>> {
-    let mut ders = Vec::new();
-    for pem in Pem::iter_from_buffer(text.as_bytes()) {
-        let pem = pem.map_err(|e| bad(format!("{what} is not valid PEM: {e}")))?;
-        if pem.label != "CERTIFICATE" {
-            return Err(bad(format!(
-                "{what} holds a {:?} block, not a certificate",
-                pem.label
-            )));
-        }
-        X509Certificate::from_der(&pem.contents)
-            .map_err(|e| bad(format!("{what} holds an unparsable certificate: {e}")))?;
-        ders.push(pem.contents);
-    }
-    if ders.is_empty() {
-        return Err(bad(format!("{what} holds no certificate")));
-    }
-    Ok(ders)
+fn certificates(text: &str, what: &str) -> Result<Vec<CertificateDer<'static>>> {
+    x509::require_certificates(text).map_err(|e| bad(format!("{what} {e}")))
 }
 
-fn cert(der: &[u8]) -> X509Certificate<'_> {
-    // Every DER here was parsed once already in `parse_pem_certs`.
-    X509Certificate::from_der(der)
-        .expect("certificate parsed before")
-        .1
-}
-
-fn describe(cert: &X509Certificate<'_>) -> String {
-    cert.subject().to_string()
-}
-
-/// When to check certificate validity, and whether the clock can be trusted
-/// for it.
+/// When to check certificate validity.
 #[derive(Debug, Clone, Copy)]
 pub struct ValidityCheck {
     pub now: ASN1Time,
@@ -162,45 +136,33 @@ pub fn validate(body: &[u8], our_public_key: &[u8], clock: ValidityCheck) -> Res
         }
     }
 
-    let client = parse_pem_certs(&files[CLIENT_CERT], CLIENT_CERT)?;
+    let client = certificates(&files[CLIENT_CERT], CLIENT_CERT)?;
     if client.len() != 1 {
         return Err(bad(format!(
             "{CLIENT_CERT} holds {} certificates, expected exactly one",
             client.len()
         )));
     }
-    let leaf = cert(&client[0]);
-    if leaf.public_key().subject_public_key.data.as_ref() != our_public_key {
+    if !x509::certifies_key(&client[0], our_public_key) {
         return Err(bad(format!(
             "{CLIENT_CERT} certifies a different key than this device's ({})",
-            describe(&leaf)
+            x509::subject(&client[0])
         )));
     }
-    let validity = leaf.validity();
-    if clock.now < validity.not_before {
-        return Err(bad(format!(
-            "{CLIENT_CERT} is not valid before {}",
-            validity.not_before
-        )));
-    }
-    if clock.now > validity.not_after {
-        return Err(bad(format!(
-            "{CLIENT_CERT} expired on {}",
-            validity.not_after
-        )));
-    }
+    x509::check_validity(&client[0], clock.now).map_err(|e| bad(format!("{CLIENT_CERT} {e}")))?;
 
     if let (Some(chained), Some(root)) = (files.get(CLIENT_CHAIN), files.get(ROOT_CERT)) {
-        let chain = parse_pem_certs(chained, CLIENT_CHAIN)?;
-        let roots = parse_pem_certs(root, ROOT_CERT)?;
+        let chain = certificates(chained, CLIENT_CHAIN)?;
+        let roots = certificates(root, ROOT_CERT)?;
         if chain[0] != client[0] {
             return Err(bad(format!(
                 "{CLIENT_CHAIN} does not start with the certificate of {CLIENT_CERT}"
             )));
         }
-        verify_chain(&chain, &roots)?;
+        x509::verify_chain(&chain, &roots)
+            .map_err(|e| bad(format!("{CLIENT_CHAIN} does not lead to {ROOT_CERT}: {e}")))?;
     } else if let Some(root) = files.get(ROOT_CERT) {
-        parse_pem_certs(root, ROOT_CERT)?;
+        certificates(root, ROOT_CERT)?;
     }
 
     let sota_toml: toml::Table = files[SOTA_TOML]
@@ -212,40 +174,6 @@ pub fn validate(body: &[u8], our_public_key: &[u8], clock: ValidityCheck) -> Res
         ignored,
         sota_toml,
     })
-}
-
-/// Each certificate must be signed by the next; the last by one of `roots`
-/// (or be one of them).
-fn verify_chain(chain: &[Vec<u8>], roots: &[Vec<u8>]) -> Result<()> {
-    for pair in chain.windows(2) {
-        let (child, parent) = (cert(&pair[0]), cert(&pair[1]));
-        child
-            .verify_signature(Some(parent.public_key()))
-            .map_err(|_| {
-                bad(format!(
-                    "in {CLIENT_CHAIN}, {} is not signed by {}",
-                    describe(&child),
-                    describe(&parent)
-                ))
-            })?;
-    }
-    let last_der = chain.last().expect("chain is not empty");
-    if roots.iter().any(|root| root == last_der) {
-        return Ok(());
-    }
-    let last = cert(last_der);
-    let anchored = roots.iter().any(|root| {
-        let root = cert(root);
-        last.verify_signature(Some(root.public_key())).is_ok()
-    });
-    if anchored {
-        Ok(())
-    } else {
-        Err(bad(format!(
-            "{CLIENT_CHAIN} does not lead to {ROOT_CERT}: {} is not signed by it",
-            describe(&last)
-        )))
-    }
 }
 
 #[cfg(test)]

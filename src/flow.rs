@@ -1,0 +1,355 @@
+//! The registration flow every profile shares: lock the state dir, finish
+//! an accepted registration whose storing was cut short, check for an
+//! existing registration, pick the identity (resuming an unfinished one),
+//! let the profile talk to its service, record the answer, store it, and
+//! run what follows; keep or discard the pending identity when it fails.
+
+use crate::clock;
+use crate::config::Common;
+use crate::error::{Error, ErrorKind, Result};
+use crate::identity::{self, Pending};
+use crate::keys::pkcs11::{Module, Token};
+use crate::keys::{DeviceKey, KeySpec, SoftwareKey};
+use crate::profiles::{Answer, Backend, Enrolment, Profile};
+use crate::secret::Secret;
+use crate::store::{self, PRIVATE_MODE};
+use serde_json::{Map, Value};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+/// What a successful run did, for the log and for `--json`.
+#[derive(Debug, serde::Serialize)]
+#[serde(transparent)]
+pub struct Outcome(Map<String, Value>);
+
+impl Outcome {
+    fn new(status: &str, profile: &Profile) -> Outcome {
+        let mut fields = Map::new();
+        fields.insert("status".into(), status.into());
+        fields.insert("profile".into(), profile.name().as_str().into());
+        Outcome(fields)
+    }
+
+    fn with(mut self, fields: Map<String, Value>) -> Outcome {
+        self.0.extend(fields);
+        self
+    }
+}
+
+/// The device being registered: its id and key, and whether they come from
+/// an unfinished earlier attempt.
+struct Identity {
+    id: String,
+    key: Option<DeviceKey>,
+    resumed: bool,
+}
+
+pub async fn register(common: &Common, profile: &Profile) -> Result<Outcome> {
+    let dir = profile.state_dir().to_path_buf();
+    let key_spec = profile.key_spec();
+    // A wrong module or PIN is reported before anything is created.
+    let module = match (&key_spec, &common.hsm) {
+        (Some(_), Some(hsm)) => Some(Module::load(hsm)?),
+        _ => None,
+    };
+    store::prepare(&dir)?;
+    let _lock = store::DirLock::acquire(&dir)?;
+
+    let pending = identity::load(&dir)?;
+    let pending = match pending {
+        Some(
+            p @ Pending {
+                answer: Some(_), ..
+            },
+        ) if !common.force => {
+            return finish_accepted(profile, &dir, key_spec, module, p);
+        }
+        Some(Pending {
+            id,
+            answer: Some(_),
+            ..
+        }) => {
+            tracing::warn!(
+                "--force: abandoning device {id}, which the server accepted but this device never finished storing; delete it on the server"
+            );
+            None
+        }
+        other => other,
+    };
+
+    let markers = store::present(&dir, profile.markers());
+    if !markers.is_empty() {
+        let what = format!("{} present in {}", markers.join(" and "), dir.display());
+        if common.force {
+            tracing::warn!(
+                "--force: the registration in {} will be replaced once the new one is complete",
+                dir.display()
+            );
+        } else if common.boot {
+            tracing::info!("already registered ({what}); nothing to do");
+            return Ok(Outcome::new("already-registered", profile)
+                .with(profile.registered_report())
+                .with(files_field(&[])));
+        } else {
+            return Err(Error::new(
+                ErrorKind::AlreadyRegistered,
+                format!(
+                    "this device is already registered ({what}); use --force to register it again"
+                ),
+            ));
+        }
+    }
+    profile.preflight(common)?;
+    profile.announce();
+
+    clock::wait_for_plausible_time(
+        clock::earliest_plausible_time(),
+        common.clock_wait,
+        SystemTime::now,
+    )
+    .await?;
+
+    let token = match (module, &key_spec) {
+        (Some(module), Some(spec)) => Some(module.open_token(spec.token.clone())?),
+        _ => None,
+    };
+    let mut identity =
+        choose_identity(common, profile, key_spec.as_ref(), pending, token.as_ref())?;
+    if !identity.resumed {
+        let software_key = identity.key.as_ref().and_then(DeviceKey::private_pem);
+        identity::begin(&dir, &identity.id, software_key.as_ref())?;
+    }
+    if let Some(token) = &token {
+        // The key is part of the saved identity now: it outlives this run
+        // (even an interrupted one) until the identity is abandoned.
+        token.keep_created();
+    }
+
+    let enrolled = profile
+        .enrol(Enrolment {
+            common,
+            id: &identity.id,
+            key: identity.key.as_ref(),
+            resumed: identity.resumed,
+        })
+        .await;
+    let answer = match enrolled {
+        Ok(answer) => answer,
+        Err(error) => {
+            if keep_identity_after(&error) {
+                tracing::info!("kept the identity of {} for the next attempt", identity.id);
+            } else {
+                discard(&dir, token.as_deref());
+            }
+            return Err(error);
+        }
+    };
+    // From here on the fleet holds the device: every failure keeps it.
+    identity::record_answer(&dir, &answer).map_err(|e| accepted_but(e, &identity.id))?;
+    let software_key = identity.key.as_ref().and_then(DeviceKey::private_pem);
+    let id = std::mem::take(&mut identity.id);
+    // The key (and with it, soon, the token session) is closed before
+    // anything else runs.
+    drop(identity);
+    finish(profile, &dir, &id, key_spec, token, software_key, answer)
+}
+
+/// A local failure after the server accepted: the next run completes it.
+fn accepted_but(error: Error, id: &str) -> Error {
+    Error::new(
+        error.kind(),
+        format!("{error}; the server accepted device {id}: the next run finishes storing it without registering it again"),
+    )
+}
+
+/// Stores an accepted answer, closes the token, runs what follows.
+fn finish(
+    profile: &Profile,
+    dir: &Path,
+    id: &str,
+    key_spec: Option<KeySpec>,
+    token: Option<Arc<Token>>,
+    software_key: Option<Secret>,
+    answer: Answer,
+) -> Result<Outcome> {
+    let stored = (|| -> Result<Vec<String>> {
+        if let (Some(token), Some(certificate)) = (&token, &answer.token_certificate) {
+            token.import_certificate(certificate)?;
+        }
+        let mut entries = Vec::new();
+        if let (Some(spec), Some(pem)) = (&key_spec, &software_key) {
+            entries.push(store::Entry {
+                name: spec.file,
+                contents: pem.expose().as_bytes(),
+                mode: PRIVATE_MODE,
+            });
+        }
+        for file in &answer.files {
+            entries.push(store::Entry {
+                name: &file.name,
+                contents: file.contents.as_bytes(),
+                mode: file.mode,
+            });
+        }
+        let obsolete: Vec<&str> = answer.obsolete.iter().map(String::as_str).collect();
+        store::install(dir, &entries, &obsolete)?;
+        identity::remove(dir)?;
+        Ok(entries.iter().map(|e| e.name.to_string()).collect())
+    })();
+    let files = stored.map_err(|e| accepted_but(e, id))?;
+    // Programs run next may open the token themselves.
+    drop(token);
+    tracing::info!(
+        "{}; wrote {} to {}",
+        answer.summary,
+        files.join(", "),
+        dir.display()
+    );
+    let mut outcome = Outcome::new("registered", profile)
+        .with(answer.report.clone())
+        .with(files_field(&files));
+    for (step, result) in profile.after_commit() {
+        outcome.0.insert(
+            step.to_string(),
+            serde_json::to_value(result).unwrap_or(Value::Null),
+        );
+    }
+    Ok(outcome)
+}
+
+fn files_field(files: &[String]) -> Map<String, Value> {
+    let mut fields = Map::new();
+    fields.insert("files".into(), files.into());
+    fields
+}
+
+/// An earlier run got the server's acceptance but could not store it.
+fn finish_accepted(
+    profile: &Profile,
+    dir: &Path,
+    key_spec: Option<KeySpec>,
+    module: Option<Module>,
+    pending: Pending,
+) -> Result<Outcome> {
+    let Pending {
+        id,
+        software_key,
+        answer,
+    } = pending;
+    let Some(answer) = answer else {
+        return Err(Error::internal("no recorded answer to finish"));
+    };
+    tracing::info!("finishing the registration of {id}, which the server accepted earlier");
+    let token = match (&answer.token_certificate, module, &key_spec) {
+        (None, _, _) => None,
+        (Some(_), Some(module), Some(spec)) => Some(module.open_token(spec.token.clone())?),
+        (Some(_), _, _) => {
+            return Err(Error::config(format!(
+                "the accepted registration of {id} keeps its key in a PKCS#11 token, but no HSM is configured (/etc/sota/hsm or -m/-P/-S)"
+            )))
+        }
+    };
+    if let Some(token) = &token {
+        token.keep_created();
+    }
+    finish(profile, dir, &id, key_spec, token, software_key, answer)
+}
+
+/// The identity to register: the one of an unfinished earlier attempt when
+/// there is one (so the server never sees two devices), else a new one.
+fn choose_identity(
+    common: &Common,
+    profile: &Profile,
+    key_spec: Option<&KeySpec>,
+    pending: Option<Pending>,
+    token: Option<&Arc<Token>>,
+) -> Result<Identity> {
+    let earlier = match pending {
+        Some(earlier) if common.force => {
+            tracing::warn!(
+                "--force: discarding the unfinished registration of {}",
+                earlier.id
+            );
+            None
+        }
+        Some(earlier) if profile.configured_id().is_some_and(|id| id != earlier.id) => {
+            tracing::warn!(
+                "discarding the unfinished registration of {}: the configuration asks for another device",
+                earlier.id
+            );
+            None
+        }
+        Some(earlier)
+            if key_spec.is_some() && earlier.software_key.is_some() == token.is_some() =>
+        {
+            tracing::warn!(
+                "discarding the unfinished registration of {}: its key was {}",
+                earlier.id,
+                if token.is_some() {
+                    "in software"
+                } else {
+                    "in a PKCS#11 token"
+                }
+            );
+            None
+        }
+        other => other,
+    };
+    if let Some(earlier) = earlier {
+        let key = match (key_spec, token, &earlier.software_key) {
+            (None, _, _) => Some(None),
+            (Some(_), None, Some(pem)) => {
+                Some(Some(DeviceKey::Software(SoftwareKey::from_pem(pem)?)))
+            }
+            (Some(_), Some(token), _) => token.existing_key()?.map(|k| Some(DeviceKey::Token(k))),
+            (Some(_), None, None) => None,
+        };
+        match key {
+            Some(key) => {
+                tracing::info!("resuming the unfinished registration of {}", earlier.id);
+                return Ok(Identity {
+                    id: earlier.id,
+                    key,
+                    resumed: true,
+                });
+            }
+            None => tracing::warn!(
+                "discarding the unfinished registration of {}: its key is no longer in the token",
+                earlier.id
+            ),
+        }
+    }
+
+    let id = profile.new_id(token.map(|t| t.as_ref()));
+    let key = match (key_spec, token) {
+        (None, _) => None,
+        (Some(_), Some(token)) => Some(DeviceKey::Token(token.create_key(common.force)?)),
+        (Some(_), None) => Some(DeviceKey::Software(SoftwareKey::generate()?)),
+    };
+    Ok(Identity {
+        id,
+        key,
+        resumed: false,
+    })
+}
+
+/// Whether the identity of a failed attempt must be kept for the next run:
+/// yes when the server may hold it (no answer came back, or it says the
+/// device exists after an attempt of ours may have created it), no when the
+/// server's refusal is definite or the request never reached it.
+fn keep_identity_after(error: &Error) -> bool {
+    error.kind() == ErrorKind::Interrupted || error.outcome_unknown()
+}
+
+/// Forgets an identity the server refused: its token objects and the journal.
+fn discard(dir: &Path, token: Option<&Token>) {
+    if let Some(token) = token {
+        if let Err(e) = token.remove_registration_objects() {
+            tracing::warn!("{e}");
+        }
+    }
+    if let Err(e) = identity::remove(dir) {
+        tracing::warn!("{e}");
+    }
+}

@@ -1,0 +1,177 @@
+//! The fleet backends ("profiles"). Each one is a module behind [`Backend`]:
+//! it builds its requests from the identity and key the flow hands it,
+//! interprets the answers, and returns the files to store. It never writes
+//! the file system itself; the flow owns the lock, the pending identity,
+//! retries, the commit, `--json` and exit codes.
+//!
+//! The types a profile returns live here, beside the trait, so that no
+//! profile imports `flow` and no shared piece imports a profile.
+
+pub mod lmp;
+
+use crate::cli::ProfileName;
+use crate::config::{Common, Resolver};
+use crate::error::Result;
+use crate::keys::pkcs11::Token;
+use crate::keys::{DeviceKey, KeySpec};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// A file a profile asks the flow to store in its state dir.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct StoredFile {
+    pub name: String,
+    pub mode: u32,
+    pub contents: String,
+}
+
+impl StoredFile {
+    pub fn new(name: impl Into<String>, mode: u32, contents: impl Into<String>) -> Self {
+        StoredFile {
+            name: name.into(),
+            mode,
+            contents: contents.into(),
+        }
+    }
+}
+
+impl Drop for StoredFile {
+    fn drop(&mut self) {
+        // Keys, PINs in sota.toml, access secrets: wiped, whatever the file.
+        zeroize::Zeroize::zeroize(&mut self.contents);
+    }
+}
+
+impl std::fmt::Debug for StoredFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "StoredFile({} {:o})", self.name, self.mode)
+    }
+}
+
+/// What the server's acceptance amounts to on the device. The flow records
+/// it durably before storing it, so that a failure while storing never
+/// loses a device the fleet already holds.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Answer {
+    /// In the order they are installed: whatever starts other services
+    /// when it appears comes last.
+    pub files: Vec<StoredFile>,
+    /// Names removed when the answer is installed (state of an identity
+    /// being replaced).
+    pub obsolete: Vec<String>,
+    /// A PEM certificate to store in the token beside the key.
+    pub token_certificate: Option<String>,
+    /// The final log line, e.g. "registered device <id> (<name>)".
+    pub summary: String,
+    /// Fields for `--json` (never a secret).
+    pub report: serde_json::Map<String, serde_json::Value>,
+}
+
+/// The outcome of one step after the commit (a program run, a service
+/// started), for the log and `--json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StepOutcome {
+    Done,
+    Skipped,
+    Failed(String),
+}
+
+/// What the flow hands a profile for its network steps.
+pub struct Enrolment<'a> {
+    pub common: &'a Common,
+    /// The device's identity (UUID, manufacturer id, registration id).
+    pub id: &'a str,
+    /// The device key, for profiles that have one.
+    pub key: Option<&'a DeviceKey>,
+    /// The identity comes from an earlier, unfinished attempt.
+    pub resumed: bool,
+}
+
+/// One fleet backend.
+pub(crate) trait Backend {
+    /// Where the profile's files live; the flow locks it and keeps the
+    /// pending identity there.
+    fn state_dir(&self) -> &Path;
+    /// Files whose presence means "registered".
+    fn markers(&self) -> &'static [&'static str];
+    /// The key the profile needs, if any.
+    fn key_spec(&self) -> Option<KeySpec>;
+    /// Checks beyond the flow's own, before any key or request is made.
+    fn preflight(&self, common: &Common) -> Result<()>;
+    /// Logs what is about to happen (after the pre-flight has passed).
+    fn announce(&self);
+    /// `--json` fields describing an existing registration.
+    fn registered_report(&self) -> serde_json::Map<String, serde_json::Value>;
+    /// An identity asked for by configuration; a pending identity with
+    /// another id is abandoned.
+    fn configured_id(&self) -> Option<&str>;
+    /// A new identity, when there is no pending one.
+    fn new_id(&self, token: Option<&Token>) -> String;
+    /// The network steps: what the server accepted, ready to store.
+    async fn enrol(&self, enrolment: Enrolment<'_>) -> Result<Answer>;
+    /// Steps after the commit (the key and token are closed by then).
+    fn after_commit(&self) -> Vec<(&'static str, StepOutcome)>;
+}
+
+/// The profile this run registers with.
+pub enum Profile {
+    Lmp(lmp::Lmp),
+}
+
+/// Calls the same method on whichever profile this is.
+macro_rules! dispatch {
+    ($self:expr, $profile:ident => $body:expr) => {
+        match $self {
+            Profile::Lmp($profile) => $body,
+        }
+    };
+}
+
+impl Profile {
+    /// The settings of profile `name`, through the shared resolver.
+    pub fn resolve(r: &mut Resolver<'_>, name: ProfileName) -> Option<Profile> {
+        match name {
+            ProfileName::Lmp => lmp::Lmp::resolve(r).map(Profile::Lmp),
+        }
+    }
+
+    pub fn name(&self) -> ProfileName {
+        match self {
+            Profile::Lmp(_) => ProfileName::Lmp,
+        }
+    }
+}
+
+impl Backend for Profile {
+    fn state_dir(&self) -> &Path {
+        dispatch!(self, p => p.state_dir())
+    }
+    fn markers(&self) -> &'static [&'static str] {
+        dispatch!(self, p => p.markers())
+    }
+    fn key_spec(&self) -> Option<KeySpec> {
+        dispatch!(self, p => p.key_spec())
+    }
+    fn preflight(&self, common: &Common) -> Result<()> {
+        dispatch!(self, p => p.preflight(common))
+    }
+    fn announce(&self) {
+        dispatch!(self, p => p.announce())
+    }
+    fn registered_report(&self) -> serde_json::Map<String, serde_json::Value> {
+        dispatch!(self, p => p.registered_report())
+    }
+    fn configured_id(&self) -> Option<&str> {
+        dispatch!(self, p => p.configured_id())
+    }
+    fn new_id(&self, token: Option<&Token>) -> String {
+        dispatch!(self, p => p.new_id(token))
+    }
+    async fn enrol(&self, enrolment: Enrolment<'_>) -> Result<Answer> {
+        dispatch!(self, p => p.enrol(enrolment).await)
+    }
+    fn after_commit(&self) -> Vec<(&'static str, StepOutcome)> {
+        dispatch!(self, p => p.after_commit())
+    }
+}
