@@ -6,6 +6,15 @@
 //!
 //! The types a profile returns live here, beside the trait, so that no
 //! profile imports `flow` and no shared piece imports a profile.
+//!
+//! Adding a profile `foo` (cargo feature `foo`, on by default):
+//! - `cli::ProfileName::Foo` (`#[cfg(feature = "foo")]`), its `as_str`, and
+//!   its flags in `cli::profile_of_flag`;
+//! - `profiles/foo/`: a settings resolver reading the `[foo]` table through
+//!   `config::Resolver::section` into a `#[serde(deny_unknown_fields)]`
+//!   struct, and a type implementing [`Backend`];
+//! - a `Profile::Foo` variant, its arm in `dispatch!`, `Profile::resolve`
+//!   and `Profile::name`.
 
 pub mod lmp;
 
