@@ -4,7 +4,7 @@
 use crate::error::{Error, ErrorKind, Result};
 use rcgen::{CertificateParams, CustomExtension, DistinguishedName, DnType, SigningKey};
 
-/// businessCategory (X.520), which the factory uses to mark production devices.
+/// businessCategory (X.520).
 const OID_BUSINESS_CATEGORY: &[u64] = &[2, 5, 4, 15];
 const OID_KEY_USAGE: &[u64] = &[2, 5, 29, 15];
 const OID_EXT_KEY_USAGE: &[u64] = &[2, 5, 29, 37];
@@ -15,9 +15,14 @@ const EXT_KEY_USAGE_CLIENT_AUTH: &[u8] = &[
     0x30, 0x0a, 0x06, 0x08, 0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x02,
 ];
 
+/// The subject a profile asks for. Every CSR requests keyUsage
+/// digitalSignature and extendedKeyUsage clientAuth: a device certificate
+/// authenticates the device to its fleet, nothing else.
 pub struct CsrSubject<'a> {
-    pub uuid: &'a str,
-    pub factory: &'a str,
+    pub common_name: &'a str,
+    pub organizational_unit: Option<&'a str>,
+    /// businessCategory=production, which the LmP factory uses to mark
+    /// production devices.
     pub production: bool,
 }
 
@@ -29,8 +34,10 @@ pub struct CsrSubject<'a> {
 pub fn build_csr_pem(key: &impl SigningKey, subject: &CsrSubject<'_>) -> Result<String> {
     let mut params = CertificateParams::default();
     let mut name = DistinguishedName::new();
-    name.push(DnType::CommonName, subject.uuid);
-    name.push(DnType::OrganizationalUnitName, subject.factory);
+    name.push(DnType::CommonName, subject.common_name);
+    if let Some(unit) = subject.organizational_unit {
+        name.push(DnType::OrganizationalUnitName, unit);
+    }
     if subject.production {
         name.push(
             DnType::CustomDnType(OID_BUSINESS_CATEGORY.to_vec()),
@@ -76,8 +83,8 @@ mod tests {
         let pem = build_csr_pem(
             &key,
             &CsrSubject {
-                uuid,
-                factory: "acme",
+                common_name: uuid,
+                organizational_unit: Some("acme"),
                 production: true,
             },
         )
@@ -148,8 +155,8 @@ mod tests {
         let pem = build_csr_pem(
             &key,
             &CsrSubject {
-                uuid: "u",
-                factory: "acme",
+                common_name: "u",
+                organizational_unit: None,
                 production: false,
             },
         )

@@ -229,8 +229,8 @@ impl Backend for Lmp {
         let csr = build_csr_pem(
             key,
             &CsrSubject {
-                uuid,
-                factory: &s.factory,
+                common_name: uuid,
+                organizational_unit: Some(&s.factory),
                 production: s.production,
             },
         )?;
