@@ -45,7 +45,7 @@ impl RetryPolicy {
     pub fn boot() -> Self {
         RetryPolicy {
             base_delay: Duration::from_secs(4),
-            max_delay: Duration::from_secs(15),
+            max_delay: Duration::from_secs(12),
             deadline: Duration::from_secs(30 * 60),
             max_attempts: u32::MAX,
         }
