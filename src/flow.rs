@@ -162,16 +162,14 @@ pub async fn register(common: &Common, profile: &Profile) -> Result<Outcome> {
     // The key (and with it, soon, the token session) is closed before
     // anything else runs.
     drop(identity);
-    let answer_kept = if recorded.is_ok() {
-        AnswerKept::Recorded
-    } else {
-        AnswerKept::IdentityOnly
-    };
     let accepted = Accepted {
         id,
         software_key,
         answer,
-        kept: answer_kept,
+        kept: match recorded {
+            Ok(()) => AnswerKept::Recorded,
+            Err(_) => AnswerKept::IdentityOnly,
+        },
     };
     finish(profile, &dir, key_spec, token, accepted)
 }
