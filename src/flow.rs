@@ -299,10 +299,12 @@ fn choose_identity(
     if let Some(earlier) = earlier {
         let key = match (key_spec, token, &earlier.software_key) {
             (None, _, _) => Some(None),
-            (Some(_), None, Some(pem)) => {
-                Some(Some(DeviceKey::Software(SoftwareKey::from_pem(pem)?)))
-            }
-            (Some(_), Some(token), _) => token.existing_key()?.map(|k| Some(DeviceKey::Token(k))),
+            (Some(spec), None, Some(pem)) => Some(Some(DeviceKey::Software(
+                SoftwareKey::from_pem(pem, spec.algorithm)?,
+            ))),
+            (Some(spec), Some(token), _) => token
+                .existing_key(spec.algorithm)?
+                .map(|k| Some(DeviceKey::Token(k))),
             (Some(_), None, None) => None,
         };
         match key {
@@ -324,8 +326,10 @@ fn choose_identity(
     let id = profile.new_id(token.map(|t| t.as_ref()));
     let key = match (key_spec, token) {
         (None, _) => None,
-        (Some(_), Some(token)) => Some(DeviceKey::Token(token.create_key(common.force)?)),
-        (Some(_), None) => Some(DeviceKey::Software(SoftwareKey::generate()?)),
+        (Some(spec), Some(token)) => Some(DeviceKey::Token(
+            token.create_key(spec.algorithm, common.force)?,
+        )),
+        (Some(spec), None) => Some(DeviceKey::Software(SoftwareKey::generate(spec.algorithm)?)),
     };
     Ok(Identity {
         id,
