@@ -10,12 +10,17 @@ pub enum ProfileName {
     /// Linux microPlatform: the factory registration API, then fioconfig.
     #[default]
     Lmp,
+    /// TII fleet management: a provisioning server signs the CSR, then NATS registration over mutual TLS.
+    #[cfg(feature = "tii")]
+    Tii,
 }
 
 impl ProfileName {
     pub fn as_str(self) -> &'static str {
         match self {
             ProfileName::Lmp => "lmp",
+            #[cfg(feature = "tii")]
+            ProfileName::Tii => "tii",
         }
     }
 

@@ -17,6 +17,8 @@
 //!   and `Profile::name`.
 
 pub mod lmp;
+#[cfg(feature = "tii")]
+pub mod tii;
 
 use crate::cli::ProfileName;
 use crate::config::{Common, Resolver};
@@ -126,6 +128,8 @@ pub(crate) trait Backend {
 /// The profile this run registers with.
 pub enum Profile {
     Lmp(lmp::Lmp),
+    #[cfg(feature = "tii")]
+    Tii(tii::Tii),
 }
 
 /// Calls the same method on whichever profile this is.
@@ -133,6 +137,8 @@ macro_rules! dispatch {
     ($self:expr, $profile:ident => $body:expr) => {
         match $self {
             Profile::Lmp($profile) => $body,
+            #[cfg(feature = "tii")]
+            Profile::Tii($profile) => $body,
         }
     };
 }
@@ -142,12 +148,16 @@ impl Profile {
     pub fn resolve(r: &mut Resolver<'_>, name: ProfileName) -> Option<Profile> {
         match name {
             ProfileName::Lmp => lmp::Lmp::resolve(r).map(Profile::Lmp),
+            #[cfg(feature = "tii")]
+            ProfileName::Tii => tii::Tii::resolve(r).map(Profile::Tii),
         }
     }
 
     pub fn name(&self) -> ProfileName {
         match self {
             Profile::Lmp(_) => ProfileName::Lmp,
+            #[cfg(feature = "tii")]
+            Profile::Tii(_) => ProfileName::Tii,
         }
     }
 }
