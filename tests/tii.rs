@@ -669,3 +669,27 @@ fn boot_on_a_registered_device_does_nothing() {
     assert_eq!(fleet.provisions().len(), 1);
     assert_eq!(fleet.registrations().len(), 1);
 }
+
+#[test]
+fn an_https_provisioning_server_is_trusted_through_cacert() {
+    if skip() {
+        return;
+    }
+    let fleet = TiiFleet::start(TiiOptions {
+        provisioning_tls: true,
+        ..TiiOptions::default()
+    });
+    assert!(fleet.provisioning_url().starts_with("https://"));
+    let device = TiiDevice::new(&fleet, "");
+    // The system roots do not know the fleet's CA: a TLS failure, not retried.
+    let run = device.run(&[]);
+    run.assert_code(2);
+    run.assert_says("--cacert");
+    assert!(fleet.provisions().is_empty());
+
+    let ca = device.path("etc/fleet-ca.pem");
+    write_file(&ca, &fleet.root_ca_pem(), 0o644);
+    let run = device.run(&["--cacert", ca.to_str().unwrap()]);
+    assert_registered(&device, &fleet, &run, KeyKind::EcP256);
+    assert!(!run.stderr.contains("plain http"), "{run:?}");
+}

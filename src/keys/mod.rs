@@ -99,18 +99,10 @@ impl SoftwareKey {
     /// The key of an unfinished registration; it must be of the kind the
     /// profile asks for now.
     pub fn from_pem(pem: &Secret, algorithm: KeyAlgorithm) -> Result<Self> {
-        let loaded = match algorithm {
-            KeyAlgorithm::EcP256 => KeyPair::from_pem(pem.expose()),
-            KeyAlgorithm::Rsa2048 => {
-                KeyPair::from_pkcs8_pem_and_sign_algo(pem.expose(), &PKCS_RSA_SHA256)
-            }
-        };
-        let pair = loaded.map_err(|_| {
-            Error::config(format!(
-                "the key of the unfinished registration is not an {} key, which the configuration asks for; restore the key type or run with --force to start over",
-                algorithm.describe()
-            ))
-        })?;
+        // rcgen guesses the algorithm from the key itself; RSA keys get
+        // sha256WithRSAEncryption, the one this agent signs with.
+        let pair = KeyPair::from_pem(pem.expose())
+            .map_err(|e| Error::internal(format!("cannot load the key: {e}")))?;
         if pair.algorithm() != algorithm.signature_algorithm() {
             return Err(Error::config(format!(
                 "the key of the unfinished registration is {}, but the configuration asks for {}; restore the key type or run with --force to start over",

@@ -1,8 +1,9 @@
 //! Loopback doubles of TII's fleet management, for the agent's `tii`
 //! profile (the contract is in the agent's docs/tii.md):
 //!
-//! * a **provisioning server** (`POST /api/devices/provision`, plain http on
-//!   127.0.0.1) that checks the CSR and signs it with the fleet's issuing CA;
+//! * a **provisioning server** (`POST /api/devices/provision`, on 127.0.0.1,
+//!   plain http or https) that checks the CSR and signs it with the fleet's
+//!   issuing CA;
 //! * a real **nats-server** on 127.0.0.1 with TLS, client certificates
 //!   required and mapped to users (`verify_and_map`): a device's
 //!   certificate may publish only its own `device_actions.<id>.register` and
@@ -65,6 +66,9 @@ pub struct TiiOptions {
     /// Start nats-server at once; when false, [`TiiFleet::start_nats`]
     /// starts it (on the port the provisioning answers name already).
     pub start_nats: bool,
+    /// Serve the provisioning API over HTTPS, with a certificate for
+    /// 127.0.0.1 issued by the fleet's root ([`TiiFleet::root_ca_pem`]).
+    pub provisioning_tls: bool,
 }
 
 impl Default for TiiOptions {
@@ -73,6 +77,7 @@ impl Default for TiiOptions {
             cn_prefix: CN_PREFIX.into(),
             cn_suffix: CN_SUFFIX.into(),
             start_nats: true,
+            provisioning_tls: false,
         }
     }
 }
@@ -244,6 +249,7 @@ pub struct TiiFleet {
     fleet: Arc<Fleet>,
     runtime: Option<tokio::runtime::Runtime>,
     provisioning: SocketAddr,
+    scheme: &'static str,
     _dir: tempfile::TempDir,
 }
 
@@ -284,11 +290,17 @@ impl TiiFleet {
             .block_on(tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)))
             .expect("tii double: bind");
         let provisioning = listener.local_addr().expect("tii double: address");
-        runtime.spawn(provisioning::serve(listener, fleet.clone()));
+        let tls = options.provisioning_tls.then(|| fleet.pki.tls_acceptor());
+        runtime.spawn(provisioning::serve(listener, tls, fleet.clone()));
         let doubles = TiiFleet {
             fleet,
             runtime: Some(runtime),
             provisioning,
+            scheme: if options.provisioning_tls {
+                "https"
+            } else {
+                "http"
+            },
             _dir: dir,
         };
         if options.start_nats {
@@ -320,9 +332,10 @@ impl TiiFleet {
             .expect("the fleet manager double subscribes");
     }
 
-    /// `http://127.0.0.1:PORT`, the agent's `provisioning_url`.
+    /// `http://127.0.0.1:PORT` (`https://` with TLS), the agent's
+    /// `provisioning_url`.
     pub fn provisioning_url(&self) -> String {
-        format!("http://{}", self.provisioning)
+        format!("{}://{}", self.scheme, self.provisioning)
     }
 
     /// `nats://127.0.0.1:PORT`, as the provisioning answers name it.

@@ -127,6 +127,27 @@ impl FleetPki {
         self.root.der().clone()
     }
 
+    /// HTTPS for the provisioning double, with the NATS server's
+    /// certificate (127.0.0.1, issued by the root).
+    pub(crate) fn tls_acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        use rustls::pki_types::pem::PemObject;
+        let chain = vec![rustls::pki_types::CertificateDer::from_pem_slice(
+            self.server_cert_pem.as_bytes(),
+        )
+        .expect("server certificate")];
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(self.server_key_pem.as_bytes())
+            .expect("server key");
+        let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .expect("server certificate");
+        tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config))
+    }
+
     /// A device certificate for `key`: the CSR's common name, clientAuth.
     pub(crate) fn issue_device(
         &self,

@@ -27,18 +27,27 @@ const MAX_REQUEST_BODY: usize = 1 << 20;
 
 type Answer = Response<Full<Bytes>>;
 
-pub(crate) async fn serve(listener: TcpListener, fleet: Arc<Fleet>) {
+pub(crate) async fn serve(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    fleet: Arc<Fleet>,
+) {
     loop {
         let Ok((tcp, _)) = listener.accept().await else {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
             continue;
         };
-        let fleet = fleet.clone();
+        let (fleet, tls) = (fleet.clone(), tls.clone());
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| handle(fleet.clone(), req));
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tcp), service)
-                .await;
+            let http = hyper::server::conn::http1::Builder::new();
+            let _ = match tls {
+                None => http.serve_connection(TokioIo::new(tcp), service).await,
+                Some(acceptor) => match acceptor.accept(tcp).await {
+                    Ok(stream) => http.serve_connection(TokioIo::new(stream), service).await,
+                    Err(_) => return,
+                },
+            };
         });
     }
 }

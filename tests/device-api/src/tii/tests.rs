@@ -16,6 +16,7 @@ use super::{FleetReply, TiiFleet, TiiOptions, CN_PREFIX, CN_SUFFIX};
 /// `POST /api/devices/provision` over a plain socket: (status, body).
 fn provision(fleet: &TiiFleet, body: &str, content_type: &str) -> (u16, Value) {
     let address = fleet.provisioning_url().replace("http://", "");
+    assert!(!address.contains("https"), "plain http only here");
     let mut tcp = std::net::TcpStream::connect(&address).unwrap();
     write!(
         tcp,
