@@ -411,14 +411,31 @@ fn token_view(device: &TiiDevice) -> TokenView {
     }
 }
 
-fn token_registration(key_type: &str, kind: KeyKind, pkcs11_type: KeyType) {
+/// With `resume`, a first run gets no result and the second one resumes
+/// with the key already in the token.
+fn token_registration(key_type: &str, kind: KeyKind, pkcs11_type: KeyType, resume: bool) {
     if skip() || softhsm_missing() {
         return;
     }
     let fleet = TiiFleet::start(TiiOptions::default());
-    let device = TiiDevice::new(&fleet, &format!("key_type = \"{key_type}\"\n")).with_softhsm();
+    let device = TiiDevice::new(
+        &fleet,
+        &format!("key_type = \"{key_type}\"\nresult_timeout = 1\n"),
+    )
+    .with_softhsm();
+    if resume {
+        fleet.push_fleet_replies(std::iter::repeat_n(FleetReply::Silence, 3));
+        device
+            .run(&["--retry-deadline", "1"])
+            .assert_code(5)
+            .assert_says("the outcome is unknown");
+    }
     let run = device.run(&["--verbose"]);
-    assert_registered(&device, &fleet, &run, kind);
+    let id = assert_registered(&device, &fleet, &run, kind);
+    if resume {
+        run.assert_says("resuming the unfinished registration");
+        assert!(fleet.issued().iter().all(|issued| issued.id == id));
+    }
     assert_eq!(
         device.state_listing(),
         ["ca.crt 644", "device.crt 644", "registration.json 600"]
@@ -432,12 +449,12 @@ fn token_registration(key_type: &str, kind: KeyKind, pkcs11_type: KeyType) {
 
 #[test]
 fn an_ec_key_in_the_token_signs_the_tls_handshake() {
-    token_registration("ec-p256", KeyKind::EcP256, KeyType::EC);
+    token_registration("ec-p256", KeyKind::EcP256, KeyType::EC, false);
 }
 
 #[test]
-fn an_rsa_key_in_the_token_signs_the_tls_handshake() {
-    token_registration("rsa-2048", KeyKind::Rsa2048, KeyType::RSA);
+fn an_rsa_key_in_the_token_signs_the_tls_handshake_and_survives_a_lost_result() {
+    token_registration("rsa-2048", KeyKind::Rsa2048, KeyType::RSA, true);
 }
 
 #[test]
