@@ -188,6 +188,11 @@ fn server_error(error: &async_nats::ServerError) -> NatsError {
 }
 
 /// One attempt: connect, subscribe, publish, wait for the result.
+///
+/// The connection trusts only caCertificate (the rustls configuration is
+/// ours), but async-nats still reads the system roots on every connect and
+/// discards them; a certificate file there that cannot be read fails the
+/// connection with a TLS error that names it.
 pub async fn register(attempt: Attempt<'_>) -> Result<Registered, NatsError> {
     let (errors_tx, mut errors) = tokio::sync::mpsc::unbounded_channel();
     let options = async_nats::ConnectOptions::new()
