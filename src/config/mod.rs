@@ -61,10 +61,19 @@ impl Environment {
         self.get("JOURNAL_STREAM").is_some()
     }
 
-    /// `--verbose`, or `RUST_LOG` naming the debug (or trace) level.
+    /// `RUST_LOG` asks for debug lines: a directive (`debug`,
+    /// `lmp_device_register=debug`, ...) names the debug or trace level.
+    /// Only the level counts; the agent's lines are not split by target.
     pub fn wants_debug(&self) -> bool {
-        self.get("RUST_LOG")
-            .is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "debug" | "trace"))
+        self.get("RUST_LOG").is_some_and(|value| {
+            value.split(',').any(|directive| {
+                let level = directive.rsplit('=').next().unwrap_or_default();
+                matches!(
+                    level.trim().to_ascii_lowercase().as_str(),
+                    "debug" | "trace"
+                )
+            })
+        })
     }
 }
 
@@ -448,12 +457,47 @@ pub fn parse_url(what: &str, value: &str) -> std::result::Result<reqwest::Url, S
             "{what} {value:?} must be an http:// or https:// URL"
         ));
     }
+    // URLs are logged; credentials in one would be too.
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(format!(
+            "{what} must not carry a user name or password (URLs are logged; credentials come from the token file)"
+        ));
+    }
     Ok(url)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rust_log_asks_for_debug_lines_by_level() {
+        for (value, debug) in [
+            ("debug", true),
+            ("TRACE", true),
+            ("lmp_device_register=debug", true),
+            ("warn,lmp_device_register=debug", true),
+            ("info", false),
+            ("lmp_device_register=info", false),
+            ("", false),
+        ] {
+            let env = Environment::from_pairs([("RUST_LOG", value)]);
+            assert_eq!(env.wants_debug(), debug, "RUST_LOG={value}");
+        }
+    }
+
+    #[test]
+    fn urls_with_credentials_are_refused_without_echoing_them() {
+        assert!(parse_url("DEVICE_API", "https://api.example/ota/devices/").is_ok());
+        for url in [
+            "https://user:hunter2@api.example/",
+            "http://hunter2@api.example/",
+        ] {
+            let err = parse_url("DEVICE_API", url).unwrap_err();
+            assert!(err.contains("user name or password"), "{err}");
+            assert!(!err.contains("hunter2"), "{err}");
+        }
+    }
 
     #[test]
     fn problems_are_listed_one_per_line() {
