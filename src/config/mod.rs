@@ -12,9 +12,11 @@ mod devicefiles;
 mod file;
 mod hsm;
 
+pub(crate) use devicefiles::parse_shell_vars;
+pub use devicefiles::parse_single_line;
 pub(crate) use devicefiles::{lookup, read_optional, read_secret_optional};
-pub use devicefiles::{parse_shell_vars, parse_single_line};
-pub use hsm::{parse_hsm_file, HsmSettings};
+pub use hsm::parse_hsm_file;
+pub(crate) use hsm::HsmSettings;
 
 use crate::cli::{parse_bool_word, Cli, ProfileName};
 use crate::error::{Error, Result};
@@ -38,7 +40,8 @@ impl Environment {
         )
     }
 
-    pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
+    #[cfg(test)]
+    pub(crate) fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
         Environment(
             pairs
                 .into_iter()
@@ -48,7 +51,7 @@ impl Environment {
     }
 
     /// A set, non-empty variable.
-    pub fn get(&self, key: &str) -> Option<&str> {
+    pub(crate) fn get(&self, key: &str) -> Option<&str> {
         self.0
             .get(key)
             .map(String::as_str)
@@ -57,14 +60,14 @@ impl Environment {
 
     /// systemd connects stdout/stderr of a service to the journal and says so
     /// in `JOURNAL_STREAM`.
-    pub fn under_journald(&self) -> bool {
+    pub(crate) fn under_journald(&self) -> bool {
         self.get("JOURNAL_STREAM").is_some()
     }
 
     /// `RUST_LOG` asks for debug lines: a directive (`debug`,
     /// `lmp_device_register=debug`, ...) names the debug or trace level.
     /// Only the level counts; the agent's lines are not split by target.
-    pub fn wants_debug(&self) -> bool {
+    pub(crate) fn wants_debug(&self) -> bool {
         self.get("RUST_LOG").is_some_and(|value| {
             value.split(',').any(|directive| {
                 let level = directive.rsplit('=').next().unwrap_or_default();
@@ -84,15 +87,14 @@ pub(crate) const OS_RELEASE: &str = "etc/os-release";
 
 /// CA certificates to trust for HTTPS instead of the system roots.
 #[derive(Debug, Clone)]
-pub struct CaBundle {
+pub(crate) struct CaBundle {
     pub path: PathBuf,
     pub certificates: Vec<rustls::pki_types::CertificateDer<'static>>,
 }
 
 /// Settings every profile shares.
 #[derive(Debug)]
-pub struct Common {
-    pub profile: ProfileName,
+pub(crate) struct Common {
     /// First-boot mode (see `--boot`).
     pub boot: bool,
     pub force: bool,
@@ -109,10 +111,10 @@ pub struct Common {
 
 /// A problem that has been recorded already; the caller need not report it.
 #[derive(Debug)]
-pub struct Reported;
+pub(crate) struct Reported;
 
 /// The sources of every setting, and the problems found so far.
-pub struct Resolver<'a> {
+pub(crate) struct Resolver<'a> {
     pub(crate) cli: &'a Cli,
     env: &'a Environment,
     root: PathBuf,
@@ -404,7 +406,6 @@ impl<'a> Resolver<'a> {
             return Err(Error::config(problem_report(&self.problems)));
         }
         Ok(Common {
-            profile,
             boot: cli.boot,
             force: cli.force.unwrap_or(false),
             hsm,
@@ -439,7 +440,7 @@ pub(crate) fn readable_by_others(path: &Path) -> Option<u32> {
 }
 
 /// Splits a comma-separated list, dropping empty entries.
-pub fn split_list(value: &str) -> Vec<String> {
+pub(crate) fn split_list(value: &str) -> Vec<String> {
     value
         .split(',')
         .map(str::trim)
@@ -449,7 +450,7 @@ pub fn split_list(value: &str) -> Vec<String> {
 }
 
 /// An http(s) URL with a host.
-pub fn parse_url(what: &str, value: &str) -> std::result::Result<reqwest::Url, String> {
+pub(crate) fn parse_url(what: &str, value: &str) -> std::result::Result<reqwest::Url, String> {
     let url = reqwest::Url::parse(value)
         .map_err(|e| format!("{what} {value:?} is not a valid URL: {e}"))?;
     if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
