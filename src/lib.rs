@@ -116,7 +116,7 @@ pub fn run(args: impl IntoIterator<Item = OsString>, env: Environment) -> u8 {
     let run_span = logging::init(env.under_journald(), cli.verbose || env.wants_debug());
     let _in_run = run_span.enter();
     let result = resolve(&cli, given, &env).and_then(|(common, profile)| {
-        logging::note(logging::Context::Profile, common.profile.as_str());
+        logging::note(logging::Context::Profile, profile.name().as_str());
         for warning in &common.warnings {
             tracing::warn!("{warning}");
         }
