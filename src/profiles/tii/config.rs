@@ -154,6 +154,19 @@ impl std::fmt::Display for NatsUrl {
     }
 }
 
+/// The `key_type` names.
+const KEY_TYPES: &[(&str, KeyAlgorithm)] = &[
+    ("ec-p256", KeyAlgorithm::EcP256),
+    ("rsa-2048", KeyAlgorithm::Rsa2048),
+];
+
+fn key_type(name: &str) -> Option<KeyAlgorithm> {
+    KEY_TYPES
+        .iter()
+        .find(|(known, _)| *known == name)
+        .map(|(_, algorithm)| *algorithm)
+}
+
 /// A device id goes into NATS subjects (`device_actions.<id>.register`),
 /// where `.`, `*`, `>` and white space have meanings, and into a file name
 /// of the journal: keep it to letters, digits, `-` and `_`.
@@ -305,7 +318,7 @@ pub fn resolve(r: &mut Resolver<'_>) -> Option<TiiSettings> {
     };
 
     let key_type = match &table.key_type {
-        Some(name) => match KeyAlgorithm::parse(name) {
+        Some(name) => match key_type(name) {
             Some(algorithm) => {
                 let from = key(r, "key_type");
                 r.origin("key type", from);
@@ -315,7 +328,11 @@ pub fn resolve(r: &mut Resolver<'_>) -> Option<TiiSettings> {
                 let what = key(r, "key_type");
                 r.problem(format!(
                     "{what}: unknown key type {name:?} (known: {})",
-                    KeyAlgorithm::NAMES.join(", ")
+                    KEY_TYPES
+                        .iter()
+                        .map(|(known, _)| *known)
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ));
                 None
             }
@@ -438,6 +455,14 @@ mod tests {
         for bad in ["", "a.b", "a*", ">", "a b", "a/b", &"x".repeat(129)] {
             assert!(check_device_id(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn key_type_names_parse() {
+        assert_eq!(key_type("ec-p256"), Some(KeyAlgorithm::EcP256));
+        assert_eq!(key_type("rsa-2048"), Some(KeyAlgorithm::Rsa2048));
+        assert_eq!(key_type("rsa-4096"), None);
+        assert_eq!(key_type("EC-P256"), None);
     }
 
     #[test]

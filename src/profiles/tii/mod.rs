@@ -3,9 +3,9 @@
 //! fleet manager over NATS, proving itself with that certificate (mutual
 //! TLS, the key in software or in a PKCS#11 token).
 
-pub mod config;
-pub mod nats;
-pub mod provision;
+pub(crate) mod config;
+pub(crate) mod nats;
+pub(crate) mod provision;
 
 use super::{Answer, Backend, Enrolment, StepOutcome, StoredFile};
 use crate::config::{CaBundle, Common, Resolver};
@@ -42,7 +42,7 @@ pub const REGISTRATION: &str = "registration.json";
 
 const REGISTERED_MARKERS: &[&str] = &[REGISTRATION];
 
-pub struct Tii {
+pub(crate) struct Tii {
     settings: TiiSettings,
 }
 
