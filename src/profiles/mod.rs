@@ -17,6 +17,8 @@
 //!   and `Profile::name`.
 
 pub mod lmp;
+#[cfg(feature = "losant")]
+pub mod losant;
 
 use crate::cli::ProfileName;
 use crate::config::{Common, Resolver};
@@ -124,8 +126,12 @@ pub(crate) trait Backend {
 }
 
 /// The profile this run registers with.
+// One value per run: the size of its largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Profile {
     Lmp(lmp::Lmp),
+    #[cfg(feature = "losant")]
+    Losant(losant::Losant),
 }
 
 /// Calls the same method on whichever profile this is.
@@ -133,6 +139,8 @@ macro_rules! dispatch {
     ($self:expr, $profile:ident => $body:expr) => {
         match $self {
             Profile::Lmp($profile) => $body,
+            #[cfg(feature = "losant")]
+            Profile::Losant($profile) => $body,
         }
     };
 }
@@ -142,12 +150,16 @@ impl Profile {
     pub fn resolve(r: &mut Resolver<'_>, name: ProfileName) -> Option<Profile> {
         match name {
             ProfileName::Lmp => lmp::Lmp::resolve(r).map(Profile::Lmp),
+            #[cfg(feature = "losant")]
+            ProfileName::Losant => losant::Losant::resolve(r).map(Profile::Losant),
         }
     }
 
     pub fn name(&self) -> ProfileName {
         match self {
             Profile::Lmp(_) => ProfileName::Lmp,
+            #[cfg(feature = "losant")]
+            Profile::Losant(_) => ProfileName::Losant,
         }
     }
 }
