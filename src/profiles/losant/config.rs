@@ -96,9 +96,6 @@ pub fn registration_url(what: &str, value: &str, allow_http: bool) -> Result<req
 
 fn credentials_location(path: &Path, what: &str) -> Result<(PathBuf, String), String> {
     let problem = |why: &str| format!("{what} {}: {why}", path.display());
-    if !path.is_absolute() {
-        return Err(problem("must be an absolute path"));
-    }
     let name = match path.components().next_back() {
         Some(Component::Normal(name)) => name
             .to_str()
@@ -150,20 +147,37 @@ pub fn resolve(r: &mut Resolver<'_>) -> Option<LosantSettings> {
             "the default credentials file".into(),
         ),
     };
-    let location = credentials_location(&credentials, &credentials_from)
-        .map_err(|e| r.problem(e))
-        .ok();
+    // The default is relative when --root is: only a configured path must
+    // be absolute (a relative one would depend on the working directory).
+    let location = if table.credentials.as_ref().is_some_and(|p| p.is_relative()) {
+        r.problem(format!(
+            "{credentials_from} {}: must be an absolute path",
+            credentials.display()
+        ));
+        None
+    } else {
+        credentials_location(&credentials, &credentials_from)
+            .map_err(|e| r.problem(e))
+            .ok()
+    };
     let registered = credentials.symlink_metadata().is_ok() && !r.cli.force.unwrap_or(false);
 
     // The registration token: a file only, never a flag.
     let token_file = match &table.token_file {
-        Some(path) => {
-            r.origin("registration token", key(r, "token_file"));
-            path.clone()
-        }
+        Some(path) => path.clone(),
         None => r.path(paths::TOKEN_FILE),
     };
-    let token = match r.read_secret(&token_file) {
+    let token_read = if table.token_file.as_ref().is_some_and(|p| p.is_relative()) {
+        let what = key(r, "token_file");
+        r.problem(format!(
+            "{what} {}: must be an absolute path",
+            token_file.display()
+        ));
+        Err(Reported)
+    } else {
+        r.read_secret(&token_file)
+    };
+    let token = match token_read {
         Ok(Some(text)) => match parse_single_line(&text, "the registration token file") {
             Ok(token) => {
                 if let Some(mode) = crate::config::readable_by_others(&token_file) {
@@ -350,7 +364,6 @@ mod tests {
         assert_eq!(dir, Path::new("/var/lib/losant"));
         assert_eq!(name, "credentials.json");
         for (bad, expected) in [
-            ("relative/credentials.json", "absolute"),
             ("/etc/credentials.json", "directory of its own"),
             ("/var/lib/creds.json", "directory of its own"),
             ("/", "plain file name"),
