@@ -336,6 +336,70 @@ pub fn resolve(r: &mut Resolver<'_>) -> Option<LosantSettings> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cli::{Cli, ProfileName};
+    use crate::config::Environment;
+
+    const EXAMPLE: &str = include_str!("../../../examples/config-losant.toml");
+
+    /// The `[losant]` table of a config file, read by the agent's resolver.
+    fn read_table(text: &str) -> Table {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lmp-device-register.toml");
+        std::fs::write(&path, text).unwrap();
+        let cli = Cli {
+            config: Some(path),
+            root: Some(dir.path().to_path_buf()),
+            ..Cli::default()
+        };
+        let env = Environment::default();
+        let mut r = Resolver::new(&cli, Vec::new(), &env).unwrap();
+        assert_eq!(r.profile(), ProfileName::Losant);
+        let table: Table = r.section("losant");
+        r.finish(ProfileName::Losant, false).unwrap();
+        table
+    }
+
+    #[test]
+    fn the_example_config_is_valid_with_every_documented_key() {
+        let table = read_table(EXAMPLE);
+        assert_eq!(
+            table.url.as_deref(),
+            Some("https://my-application.onlosant.com/api/register-device")
+        );
+        assert_eq!(table.interface.as_deref(), Some("eth0"));
+        assert!(table.manufacturer_id.is_none());
+
+        // The commented keys are real keys, with values of the right type.
+        let uncommented: String = EXAMPLE
+            .lines()
+            .map(|line| match line.strip_prefix("# ") {
+                Some(rest)
+                    if rest.split_once(" = ").is_some_and(|(k, _)| {
+                        k.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+                    }) =>
+                {
+                    rest
+                }
+                _ => line,
+            })
+            .map(|line| format!("{line}\n"))
+            .collect();
+        let table = read_table(&uncommented);
+        assert_eq!(table.allow_http, Some(false));
+        assert_eq!(
+            table.token_file.as_deref(),
+            Some(Path::new("/etc/losant/registration-token"))
+        );
+        assert_eq!(table.manufacturer_id.as_deref(), Some("SN-000123"));
+        assert_eq!(
+            table.credentials.as_deref(),
+            Some(Path::new("/var/lib/losant/credentials.json"))
+        );
+        assert_eq!(
+            table.cacert.as_deref(),
+            Some(Path::new("/etc/losant/ca.pem"))
+        );
+    }
 
     #[test]
     fn plain_http_only_to_this_machine_unless_allowed() {
