@@ -222,6 +222,30 @@ fn credentials_lost_on_the_way_are_explained() {
 }
 
 #[test]
+fn a_run_that_lost_its_answer_is_resumed_with_the_same_id_and_explained() {
+    let losant = losant();
+    losant.push_replies([LosantReply::RegisterThenHangUp]);
+    let board = Board::new(&losant);
+    board
+        .run(&["--retry-deadline", "0"])
+        .assert_code(5)
+        .assert_says(&format!("kept the identity of {ETH0_MAC}"));
+    assert_eq!(board.state_listing(), [".lmp-device-register.pending 600"]);
+
+    // The interface changed in between: the pending id still wins.
+    board.config("[losant]\ninterface = \"wlan0\"\n");
+    board
+        .run(&[])
+        .assert_code(3)
+        .assert_says(&format!(
+            "resuming the unfinished registration of {ETH0_MAC}"
+        ))
+        .assert_says("probably created by an earlier run that ended before its answer arrived");
+    assert_eq!(losant.requested_ids(), [ETH0_MAC, ETH0_MAC]);
+    assert_nothing_stored(&board);
+}
+
+#[test]
 fn a_token_of_another_application_is_refused_with_exit_4() {
     let losant = losant();
     let board = Board::new(&losant);

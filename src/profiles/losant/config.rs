@@ -360,6 +360,22 @@ mod tests {
     }
 
     #[test]
+    fn the_readme_example_is_valid() {
+        let readme = include_str!("../../../README.md");
+        let blocks: Vec<&str> = readme
+            .split("```toml\n")
+            .skip(1)
+            .filter_map(|rest| rest.split_once("```").map(|(block, _)| block))
+            .filter(|block| block.contains("[losant]"))
+            .collect();
+        assert!(!blocks.is_empty(), "README.md shows no [losant] example");
+        for block in blocks {
+            let table = read_table(block);
+            assert!(table.url.is_some(), "{block}");
+        }
+    }
+
+    #[test]
     fn the_example_config_is_valid_with_every_documented_key() {
         let table = read_table(EXAMPLE);
         assert_eq!(

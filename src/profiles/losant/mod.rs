@@ -32,10 +32,12 @@ impl Losant {
     }
 
     /// The error for a failed registration, with what to do about it.
-    fn refusal(&self, error: HttpError, url: &reqwest::Url, id: &str) -> Error {
+    fn refusal(&self, error: HttpError, url: &reqwest::Url, id: &str, resumed: bool) -> Error {
         if api::is_already_registered(&error) {
             let how = if error.may_have_been_received() {
                 "probably created by an earlier attempt of this run whose answer was lost"
+            } else if resumed {
+                "probably created by an earlier run that ended before its answer arrived"
             } else {
                 "and this device holds no credentials for it"
             };
@@ -150,7 +152,10 @@ impl Backend for Losant {
     async fn enrol(&self, enrolment: Enrolment<'_>) -> Result<Answer> {
         let s = &self.settings;
         let Enrolment {
-            common, id, key: _, ..
+            common,
+            id,
+            resumed,
+            ..
         } = enrolment;
         let (Some(url), Some(token)) = (&s.url, &s.token) else {
             return Err(Error::internal("no Losant registration URL or token"));
@@ -160,10 +165,10 @@ impl Backend for Losant {
             api::register(&client, url, token, id)
         })
         .await
-        .map_err(|e| self.refusal(e, url, id))?;
+        .map_err(|e| self.refusal(e, url, id, resumed))?;
         let credentials = api::parse_credentials(&body).map_err(|e| {
             let unusable = HttpError::Body(format!("the Losant answer is unusable: {e}"));
-            self.refusal(unusable, url, id)
+            self.refusal(unusable, url, id, resumed)
         })?;
 
         let mut report = self.report_base();
