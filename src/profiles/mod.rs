@@ -78,6 +78,15 @@ pub struct Answer {
     pub report: serde_json::Map<String, serde_json::Value>,
 }
 
+/// The fields of a `json!({...})` object, for [`Answer::report`] and
+/// [`Backend::registered_report`].
+pub fn report_fields(object: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
+    match object {
+        serde_json::Value::Object(fields) => fields,
+        _ => serde_json::Map::new(),
+    }
+}
+
 /// The outcome of one step after the commit (a program run, a service
 /// started), for the log and `--json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

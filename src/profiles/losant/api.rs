@@ -85,9 +85,10 @@ pub fn is_already_registered(error: &HttpError) -> bool {
     }
 }
 
-/// The answer as credentials: a JSON object with the three strings (others
-/// are ignored). The errors never quote the answer, which holds a secret.
-pub fn parse_credentials(body: &[u8]) -> Result<Credentials, String> {
+/// The answer as credentials: a JSON object with the three strings, and the
+/// names of other members, which are not stored. The errors never quote the
+/// answer, which holds a secret.
+pub fn parse_credentials(body: &[u8]) -> Result<(Credentials, Vec<String>), String> {
     let value: Value = serde_json::from_slice(body)
         .map_err(|_| format!("the answer is not JSON ({} bytes)", body.len()))?;
     let Value::Object(mut fields) = value else {
@@ -115,15 +116,12 @@ pub fn parse_credentials(body: &[u8]) -> Result<Credentials, String> {
     let device_id = take("deviceId")?;
     let access_key = take("accessKey")?;
     let access_secret = Secret::new(take("accessSecret")?);
-    let ignored: Vec<&String> = fields.keys().collect();
-    if !ignored.is_empty() {
-        tracing::warn!("the Losant answer also holds {ignored:?}; not stored");
-    }
-    Ok(Credentials {
+    let credentials = Credentials {
         device_id,
         access_key,
         access_secret,
-    })
+    };
+    Ok((credentials, fields.keys().cloned().collect()))
 }
 
 #[cfg(test)]
@@ -137,7 +135,8 @@ mod tests {
         let body = format!(
             r#"{{"deviceId":"64f1c2","accessKey":"key-1","accessSecret":"{SECRET}","extra":1}}"#
         );
-        let credentials = parse_credentials(body.as_bytes()).unwrap();
+        let (credentials, ignored) = parse_credentials(body.as_bytes()).unwrap();
+        assert_eq!(ignored, ["extra"]);
         assert_eq!(credentials.device_id, "64f1c2");
         assert_eq!(credentials.access_key, "key-1");
         assert_eq!(credentials.access_secret.expose(), SECRET);

@@ -10,7 +10,7 @@ pub mod config;
 pub mod jwt;
 pub mod mac;
 
-use super::{Answer, Backend, Enrolment, StepOutcome, StoredFile};
+use super::{report_fields, Answer, Backend, Enrolment, StepOutcome, StoredFile};
 use crate::config::{Common, Resolver};
 use crate::error::{Error, ErrorKind, Result};
 use crate::http::{self, HttpError};
@@ -19,7 +19,7 @@ use crate::keys::KeySpec;
 use crate::retry::{retry, Retryable};
 use crate::store::PRIVATE_MODE;
 use config::LosantSettings;
-use serde_json::{Map, Value};
+use serde_json::{json, Map, Value};
 use std::path::Path;
 
 pub struct Losant {
@@ -58,41 +58,14 @@ impl Losant {
         error
     }
 
-    /// `deviceId` and `accessKey` of the stored credentials, if readable.
-    fn stored_report(&self) -> Map<String, Value> {
-        let path = self.settings.credentials_path();
-        let stored = crate::config::read_secret_optional(&path)
-            .ok()
-            .flatten()
-            .map(zeroize::Zeroizing::new)
-            .and_then(|text| api::parse_credentials(text.as_bytes()).ok());
-        let mut report = self.report_base();
-        report.insert(
-            "deviceId".into(),
-            stored.as_ref().map(|c| c.device_id.clone()).into(),
-        );
-        report.insert(
-            "accessKey".into(),
-            stored.as_ref().map(|c| c.access_key.clone()).into(),
-        );
-        report
-    }
-
-    fn report_base(&self) -> Map<String, Value> {
-        let mut report = Map::new();
-        report.insert(
-            "manufacturerId".into(),
-            self.settings.manufacturer_id.clone().into(),
-        );
-        report.insert(
-            "credentials".into(),
-            self.settings
-                .credentials_path()
-                .display()
-                .to_string()
-                .into(),
-        );
-        report
+    /// The `--json` fields of a registration (never the access secret).
+    fn report(&self, id: &str, credentials: Option<&api::Credentials>) -> Map<String, Value> {
+        report_fields(json!({
+            "deviceId": credentials.map(|c| &c.device_id),
+            "accessKey": credentials.map(|c| &c.access_key),
+            "manufacturerId": id,
+            "credentials": self.settings.credentials_path().display().to_string(),
+        }))
     }
 }
 
@@ -136,7 +109,13 @@ impl Backend for Losant {
     }
 
     fn registered_report(&self) -> Map<String, Value> {
-        self.stored_report()
+        let stored = crate::config::read_secret_optional(&self.settings.credentials_path())
+            .ok()
+            .flatten()
+            .map(zeroize::Zeroizing::new)
+            .and_then(|text| api::parse_credentials(text.as_bytes()).ok())
+            .map(|(credentials, _)| credentials);
+        self.report(&self.settings.manufacturer_id, stored.as_ref())
     }
 
     fn configured_id(&self) -> Option<&str> {
@@ -166,15 +145,14 @@ impl Backend for Losant {
         })
         .await
         .map_err(|e| self.refusal(e, url, id, resumed))?;
-        let credentials = api::parse_credentials(&body).map_err(|e| {
+        let (credentials, ignored) = api::parse_credentials(&body).map_err(|e| {
             let unusable = HttpError::Body(format!("the Losant answer is unusable: {e}"));
             self.refusal(unusable, url, id, resumed)
         })?;
+        if !ignored.is_empty() {
+            tracing::warn!("the Losant answer also holds {ignored:?}; not stored");
+        }
 
-        let mut report = self.report_base();
-        report.insert("deviceId".into(), credentials.device_id.clone().into());
-        report.insert("accessKey".into(), credentials.access_key.clone().into());
-        report.insert("manufacturerId".into(), id.into());
         Ok(Answer {
             files: vec![StoredFile::new(
                 s.credentials_name(),
@@ -187,7 +165,7 @@ impl Backend for Losant {
                 "registered Losant device {} (manufacturer id {id}, access key {})",
                 credentials.device_id, credentials.access_key
             ),
-            report,
+            report: self.report(id, Some(&credentials)),
         })
     }
 
