@@ -557,7 +557,7 @@ fn settings_from_the_config_file_are_checked_by_name() {
     board
         .run(&[])
         .assert_code(2)
-        .assert_says(&format!("{file} [losant]: invalid type"));
+        .assert_says(&format!("{file} [losant] allow_http: invalid type"));
     board.config("[losant]\ncredentials = \"/etc/credentials.json\"\n");
     board
         .run(&[])

@@ -30,7 +30,7 @@ use std::path::Path;
 
 /// A file a profile asks the flow to store in its state dir.
 #[derive(Clone, Serialize, Deserialize)]
-pub struct StoredFile {
+pub(crate) struct StoredFile {
     pub name: String,
     pub mode: u32,
     pub contents: String,
@@ -63,7 +63,7 @@ impl std::fmt::Debug for StoredFile {
 /// it durably before storing it, so that a failure while storing never
 /// loses a device the fleet already holds.
 #[derive(Debug, Serialize, Deserialize)]
-pub struct Answer {
+pub(crate) struct Answer {
     /// In the order they are installed: whatever starts other services
     /// when it appears comes last.
     pub files: Vec<StoredFile>,
@@ -80,7 +80,9 @@ pub struct Answer {
 
 /// The fields of a `json!({...})` object, for [`Answer::report`] and
 /// [`Backend::registered_report`].
-pub fn report_fields(object: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
+pub(crate) fn report_fields(
+    object: serde_json::Value,
+) -> serde_json::Map<String, serde_json::Value> {
     match object {
         serde_json::Value::Object(fields) => fields,
         _ => serde_json::Map::new(),
@@ -91,14 +93,14 @@ pub fn report_fields(object: serde_json::Value) -> serde_json::Map<String, serde
 /// started), for the log and `--json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum StepOutcome {
+pub(crate) enum StepOutcome {
     Done,
     Skipped,
     Failed(String),
 }
 
 /// What the flow hands a profile for its network steps.
-pub struct Enrolment<'a> {
+pub(crate) struct Enrolment<'a> {
     pub common: &'a Common,
     /// The device's identity (UUID, manufacturer id, registration id).
     pub id: &'a str,
@@ -137,7 +139,7 @@ pub(crate) trait Backend {
 /// The profile this run registers with.
 // One value per run: the size of its largest variant costs nothing.
 #[allow(clippy::large_enum_variant)]
-pub enum Profile {
+pub(crate) enum Profile {
     Lmp(lmp::Lmp),
     #[cfg(feature = "losant")]
     Losant(losant::Losant),

@@ -5,10 +5,10 @@
 //! shape the template's sample firmware reads. There is no key and no
 //! certificate, so `/etc/sota/hsm` plays no part.
 
-pub mod api;
-pub mod config;
-pub mod jwt;
-pub mod mac;
+pub(crate) mod api;
+pub(crate) mod config;
+pub(crate) mod jwt;
+pub(crate) mod mac;
 
 use super::{report_fields, Answer, Backend, Enrolment, StepOutcome, StoredFile};
 use crate::config::{Common, Resolver};
@@ -22,7 +22,7 @@ use config::LosantSettings;
 use serde_json::{json, Map, Value};
 use std::path::Path;
 
-pub struct Losant {
+pub(crate) struct Losant {
     settings: LosantSettings,
 }
 
