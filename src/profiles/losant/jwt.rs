@@ -41,13 +41,9 @@ pub fn unverified_claims(token: &str) -> Result<Claims, String> {
         return Err("not a JWT: the signature part is empty".into());
     }
     let header = json_object(header, "header")?;
-    if let Some(alg) = header.get("alg") {
-        if alg
-            .as_str()
-            .is_none_or(|alg| alg.eq_ignore_ascii_case("none"))
-        {
-            return Err("the JWT header names no signature algorithm".into());
-        }
+    match header.get("alg").and_then(Value::as_str) {
+        Some(alg) if !alg.eq_ignore_ascii_case("none") => {}
+        _ => return Err("the JWT header names no signature algorithm".into()),
     }
     let payload = json_object(payload, "payload")?;
     Ok(Claims {
@@ -124,6 +120,7 @@ mod tests {
             ),
             (token("null", "{}"), "header is not a JSON object"),
             (token(r#"{"alg":"none"}"#, "{}"), "no signature algorithm"),
+            (token(r#"{"typ":"JWT"}"#, "{}"), "no signature algorithm"),
             (
                 token(r#"{"alg":"HS256"}"#, r#"{"url":7}"#),
                 "url claim is not a string",

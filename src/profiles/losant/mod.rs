@@ -3,7 +3,8 @@
 //! and its manufacturer id, and gets its device id, access key and access
 //! secret back, once. They are stored in the credentials file (0600), the
 //! shape the template's sample firmware reads. There is no key and no
-//! certificate, so `/etc/sota/hsm` plays no part.
+//! certificate, so `/etc/sota/hsm` plays no part. The contract:
+//! docs/losant.md.
 
 pub(crate) mod api;
 pub(crate) mod config;

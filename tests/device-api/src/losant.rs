@@ -1,5 +1,5 @@
 //! A loopback double of a Losant application built from the "Dynamic
-//! Registration" template.
+//! Registration" template (docs/losant.md is the contract).
 //!
 //! It keeps the template's contract for real: the registration JWT is
 //! verified (HS256 with the application's secret, and its issuer), a
