@@ -152,6 +152,7 @@ impl Backend for Lmp {
 
     fn announce(&self) {
         let s = &self.settings;
+        crate::logging::note(crate::logging::Context::Factory, &s.factory);
         tracing::info!(
             "registering with factory {} (tag {}, hardware id {}, {}) at {}",
             s.factory,
