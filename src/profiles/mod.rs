@@ -17,6 +17,8 @@
 //!   and `Profile::name`.
 
 pub mod lmp;
+#[cfg(feature = "losant")]
+pub mod losant;
 #[cfg(feature = "tii")]
 pub mod tii;
 
@@ -78,6 +80,17 @@ pub(crate) struct Answer {
     pub report: serde_json::Map<String, serde_json::Value>,
 }
 
+/// The fields of a `json!({...})` object, for [`Answer::report`] and
+/// [`Backend::registered_report`].
+pub(crate) fn report_fields(
+    object: serde_json::Value,
+) -> serde_json::Map<String, serde_json::Value> {
+    match object {
+        serde_json::Value::Object(fields) => fields,
+        _ => serde_json::Map::new(),
+    }
+}
+
 /// The outcome of one step after the commit (a program run, a service
 /// started), for the log and `--json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -126,8 +139,12 @@ pub(crate) trait Backend {
 }
 
 /// The profile this run registers with.
+// One value per run: the size of its largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Profile {
     Lmp(lmp::Lmp),
+    #[cfg(feature = "losant")]
+    Losant(losant::Losant),
     #[cfg(feature = "tii")]
     Tii(tii::Tii),
 }
@@ -137,6 +154,8 @@ macro_rules! dispatch {
     ($self:expr, $profile:ident => $body:expr) => {
         match $self {
             Profile::Lmp($profile) => $body,
+            #[cfg(feature = "losant")]
+            Profile::Losant($profile) => $body,
             #[cfg(feature = "tii")]
             Profile::Tii($profile) => $body,
         }
@@ -148,6 +167,8 @@ impl Profile {
     pub fn resolve(r: &mut Resolver<'_>, name: ProfileName) -> Option<Profile> {
         match name {
             ProfileName::Lmp => lmp::Lmp::resolve(r).map(Profile::Lmp),
+            #[cfg(feature = "losant")]
+            ProfileName::Losant => losant::Losant::resolve(r).map(Profile::Losant),
             #[cfg(feature = "tii")]
             ProfileName::Tii => tii::Tii::resolve(r).map(Profile::Tii),
         }
@@ -156,6 +177,8 @@ impl Profile {
     pub fn name(&self) -> ProfileName {
         match self {
             Profile::Lmp(_) => ProfileName::Lmp,
+            #[cfg(feature = "losant")]
+            Profile::Losant(_) => ProfileName::Losant,
             #[cfg(feature = "tii")]
             Profile::Tii(_) => ProfileName::Tii,
         }

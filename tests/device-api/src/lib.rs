@@ -54,6 +54,7 @@
 //! ```
 
 mod csr;
+pub mod losant;
 mod oauth;
 mod pki;
 mod registration;
@@ -69,6 +70,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
+
+pub use losant::{Losant, LosantDevice, LosantOptions, LosantReply};
 
 /// How the double behaves. Build with `Options { tls: true, ..Default::default() }`.
 #[derive(Clone, Debug)]
