@@ -710,3 +710,37 @@ fn an_https_provisioning_server_is_trusted_through_cacert() {
     assert_registered(&device, &fleet, &run, KeyKind::EcP256);
     assert!(!run.stderr.contains("plain http"), "{run:?}");
 }
+
+/// The example in examples/ is what the README points to: the agent reads it.
+#[test]
+fn the_example_config_file_is_read_by_the_agent() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/config-tii.toml");
+    let root = tempfile::tempdir().unwrap();
+    write_file(
+        &root.path().join("etc/os-release"),
+        "VERSION_ID=4.0.20\n",
+        0o644,
+    );
+    write_file(
+        &root.path().join(STATE_DIR).join("registration.json"),
+        "{}\n",
+        0o600,
+    );
+    let run: Run = Command::new(env!("CARGO_BIN_EXE_lmp-device-register"))
+        .env_clear()
+        .arg("--root")
+        .arg(root.path())
+        .args(["--config", example, "--boot", "--json"])
+        .output()
+        .unwrap()
+        .into();
+    run.assert_code(0)
+        .assert_says(&format!("profile read from {example} profile"))
+        .assert_says(&format!(
+            "provisioning url read from {example} [tii] provisioning_url"
+        ))
+        .assert_says("already registered");
+    let json = json_of(&run);
+    assert_eq!(json["profile"], "tii");
+    assert_eq!(json["status"], "already-registered");
+}
