@@ -95,6 +95,25 @@ pub struct Enrolment<'a> {
     pub key: Option<&'a DeviceKey>,
     /// The identity comes from an earlier, unfinished attempt.
     pub resumed: bool,
+    /// The identity is the one an earlier run stored through the
+    /// [`Checkpoint`] ([`Backend::stored_identity`]): its files are in the
+    /// state dir.
+    pub stored: bool,
+    /// Stores the first stage of a registration that has two.
+    pub checkpoint: &'a dyn Checkpoint,
+}
+
+/// For registrations in two stages, where the first stage's result must
+/// outlive a failure of the second (a certificate from the factory, then a
+/// service that may not know the device yet): the flow stores the first
+/// stage's files at once, with the device key.
+pub trait Checkpoint {
+    /// Installs `files` (and a software key) in the state dir now. From then
+    /// on they are the device's identity: the flow never discards it, and
+    /// later runs continue with it ([`Backend::stored_identity`]) until a
+    /// run with `--force`. An error means nothing is stored and the identity
+    /// is kept pending, as after an unknown outcome.
+    fn store_identity(&self, files: Vec<StoredFile>) -> Result<()>;
 }
 
 /// One fleet backend.
@@ -117,6 +136,12 @@ pub(crate) trait Backend {
     fn configured_id(&self) -> Option<&str>;
     /// A new identity, when there is no pending one.
     fn new_id(&self, token: Option<&Token>) -> String;
+    /// The id of an identity stored by an earlier run through the
+    /// [`Checkpoint`] (its first-stage files are in the state dir, and a
+    /// software key beside them), which this run continues.
+    fn stored_identity(&self) -> Option<String> {
+        None
+    }
     /// The network steps: what the server accepted, ready to store.
     async fn enrol(&self, enrolment: Enrolment<'_>) -> Result<Answer>;
     /// Steps after the commit (the key and token are closed by then).
@@ -176,6 +201,9 @@ impl Backend for Profile {
     }
     fn new_id(&self, token: Option<&Token>) -> String {
         dispatch!(self, p => p.new_id(token))
+    }
+    fn stored_identity(&self) -> Option<String> {
+        dispatch!(self, p => p.stored_identity())
     }
     async fn enrol(&self, enrolment: Enrolment<'_>) -> Result<Answer> {
         dispatch!(self, p => p.enrol(enrolment).await)
