@@ -10,12 +10,17 @@ pub enum ProfileName {
     /// Linux microPlatform: the factory registration API, then fioconfig.
     #[default]
     Lmp,
+    /// Azure IoT Hub Device Provisioning Service: a certificate from the factory, then DPS with it.
+    #[cfg(feature = "azure-dps")]
+    AzureDps,
 }
 
 impl ProfileName {
     pub fn as_str(self) -> &'static str {
         match self {
             ProfileName::Lmp => "lmp",
+            #[cfg(feature = "azure-dps")]
+            ProfileName::AzureDps => "azure-dps",
         }
     }
 

@@ -16,6 +16,8 @@
 //! - a `Profile::Foo` variant, its arm in `dispatch!`, `Profile::resolve`
 //!   and `Profile::name`.
 
+#[cfg(feature = "azure-dps")]
+pub mod azure_dps;
 pub mod lmp;
 
 use crate::cli::ProfileName;
@@ -151,6 +153,8 @@ pub(crate) trait Backend {
 /// The profile this run registers with.
 pub enum Profile {
     Lmp(lmp::Lmp),
+    #[cfg(feature = "azure-dps")]
+    AzureDps(azure_dps::AzureDps),
 }
 
 /// Calls the same method on whichever profile this is.
@@ -158,6 +162,8 @@ macro_rules! dispatch {
     ($self:expr, $profile:ident => $body:expr) => {
         match $self {
             Profile::Lmp($profile) => $body,
+            #[cfg(feature = "azure-dps")]
+            Profile::AzureDps($profile) => $body,
         }
     };
 }
@@ -167,12 +173,16 @@ impl Profile {
     pub fn resolve(r: &mut Resolver<'_>, name: ProfileName) -> Option<Profile> {
         match name {
             ProfileName::Lmp => lmp::Lmp::resolve(r).map(Profile::Lmp),
+            #[cfg(feature = "azure-dps")]
+            ProfileName::AzureDps => azure_dps::AzureDps::resolve(r).map(Profile::AzureDps),
         }
     }
 
     pub fn name(&self) -> ProfileName {
         match self {
             Profile::Lmp(_) => ProfileName::Lmp,
+            #[cfg(feature = "azure-dps")]
+            Profile::AzureDps(_) => ProfileName::AzureDps,
         }
     }
 }
