@@ -48,7 +48,7 @@ impl ProfileName {
 
 /// The profile a flag belongs to; `None` for flags every profile takes.
 /// Flags are named by their clap id (the field name).
-pub fn profile_of_flag(id: &str) -> Option<ProfileName> {
+pub(crate) fn profile_of_flag(id: &str) -> Option<ProfileName> {
     const LMP: &[&str] = &[
         "api_token",
         "api_token_file",
@@ -74,7 +74,7 @@ pub fn profile_of_flag(id: &str) -> Option<ProfileName> {
 }
 
 /// Parses the boolean words that scripts pass to the old tool's flags.
-pub fn parse_bool_word(word: &str) -> Result<bool, String> {
+pub(crate) fn parse_bool_word(word: &str) -> Result<bool, String> {
     match word.to_ascii_lowercase().as_str() {
         "1" | "true" | "yes" | "on" => Ok(true),
         "0" | "false" | "no" | "off" => Ok(false),

@@ -96,16 +96,12 @@ pub fn run(args: impl IntoIterator<Item = OsString>, env: Environment) -> u8 {
                 return 0;
             }
             if json {
-                let message = e.kind().as_str().map_or_else(
-                    || e.to_string().lines().next().unwrap_or_default().to_string(),
-                    |kind| {
-                        format!(
-                            "{kind}: {}",
-                            e.to_string().lines().next().unwrap_or_default()
-                        )
-                    },
-                );
-                print_json(&error_report(ErrorKind::Config, &message));
+                // clap's first line says it all ("error: unexpected argument
+                // '--x' found"); usage and tips stay on stderr.
+                let rendered = e.to_string();
+                let first = rendered.lines().next().unwrap_or_default();
+                let message = first.strip_prefix("error: ").unwrap_or(first);
+                print_json(&error_report(ErrorKind::Config, message));
             }
             return ErrorKind::Config.exit_code();
         }

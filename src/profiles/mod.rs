@@ -30,7 +30,7 @@ use std::path::Path;
 
 /// A file a profile asks the flow to store in its state dir.
 #[derive(Clone, Serialize, Deserialize)]
-pub struct StoredFile {
+pub(crate) struct StoredFile {
     pub name: String,
     pub mode: u32,
     pub contents: String,
@@ -63,7 +63,7 @@ impl std::fmt::Debug for StoredFile {
 /// it durably before storing it, so that a failure while storing never
 /// loses a device the fleet already holds.
 #[derive(Debug, Serialize, Deserialize)]
-pub struct Answer {
+pub(crate) struct Answer {
     /// In the order they are installed: whatever starts other services
     /// when it appears comes last.
     pub files: Vec<StoredFile>,
@@ -82,14 +82,14 @@ pub struct Answer {
 /// started), for the log and `--json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum StepOutcome {
+pub(crate) enum StepOutcome {
     Done,
     Skipped,
     Failed(String),
 }
 
 /// What the flow hands a profile for its network steps.
-pub struct Enrolment<'a> {
+pub(crate) struct Enrolment<'a> {
     pub common: &'a Common,
     /// The device's identity (UUID, manufacturer id, registration id).
     pub id: &'a str,
@@ -151,7 +151,7 @@ pub(crate) trait Backend {
 }
 
 /// The profile this run registers with.
-pub enum Profile {
+pub(crate) enum Profile {
     Lmp(lmp::Lmp),
     #[cfg(feature = "azure-dps")]
     AzureDps(azure_dps::AzureDps),

@@ -1,10 +1,11 @@
 //! A loopback double of the factory registration API (`DEVICE_API`).
 //!
-//! It speaks the wire contract of `shared/DESIGN.md` §3 for real: it verifies
-//! the CSR (signature, algorithm, subject, requested extensions), signs a
-//! client certificate with a test CA (root → intermediate → leaf), builds
-//! `sota.toml` from a base plus the request's overrides, and runs the OAuth
-//! device flow. Tests can script misbehaviour with [`Reply`].
+//! It speaks the wire contract documented in the repository's
+//! `docs/device-api.md` for real: it verifies the CSR (signature, algorithm,
+//! subject, requested extensions), signs a client certificate with a test CA
+//! (root → intermediate → leaf), builds `sota.toml` from a base plus the
+//! request's overrides, and runs the OAuth device flow. Tests can script
+//! misbehaviour with [`Reply`].
 //!
 //! [`azure_dps`] holds the doubles of Azure IoT Hub DPS and of the factory
 //! endpoint that issues its device certificates.
