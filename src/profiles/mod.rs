@@ -109,7 +109,7 @@ pub(crate) struct Enrolment<'a> {
 /// outlive a failure of the second (a certificate from the factory, then a
 /// service that may not know the device yet): the flow stores the first
 /// stage's files at once, with the device key.
-pub trait Checkpoint {
+pub(crate) trait Checkpoint {
     /// Installs `files` (and a software key) in the state dir now. From then
     /// on they are the device's identity: the flow never discards it, and
     /// later runs continue with it ([`Backend::stored_identity`]) until a

@@ -5,15 +5,15 @@ use crate::config::{parse_url, CaBundle, Resolver};
 use serde::Deserialize;
 use std::path::PathBuf;
 
-pub const DEFAULT_ENDPOINT: &str = "https://global.azure-devices-provisioning.net";
-pub const DEFAULT_API_VERSION: &str = "2021-10-01";
+pub(crate) const DEFAULT_ENDPOINT: &str = "https://global.azure-devices-provisioning.net";
+pub(crate) const DEFAULT_API_VERSION: &str = "2021-10-01";
 /// Relative to `--root`.
 const DEFAULT_STATE_DIR: &str = "var/lib/azure-dps";
 /// DPS takes longer registration ids, but the id is also the certificate's
 /// common name, which X.509 limits to 64 characters.
 const MAX_REGISTRATION_ID: usize = 64;
 
-pub const TABLE: &str = "azure-dps";
+pub(crate) const TABLE: &str = "azure-dps";
 
 /// The `[azure-dps]` table of the config file.
 #[derive(Deserialize, Default, Debug)]
@@ -31,7 +31,7 @@ struct Table {
 }
 
 #[derive(Debug)]
-pub struct AzureDpsSettings {
+pub(crate) struct AzureDpsSettings {
     pub state_dir: PathBuf,
     pub id_scope: String,
     pub endpoint: reqwest::Url,
@@ -50,7 +50,7 @@ pub struct AzureDpsSettings {
 
 /// Whether `id` can be a DPS registration id that is also a certificate's
 /// common name; the error says why not.
-pub fn check_registration_id(id: &str) -> Result<(), String> {
+pub(crate) fn check_registration_id(id: &str) -> Result<(), String> {
     if id.is_empty() {
         return Err("it is empty".into());
     }
@@ -83,7 +83,7 @@ fn is_api_version(version: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
 }
 
-pub fn resolve(r: &mut Resolver<'_>) -> Option<AzureDpsSettings> {
+pub(crate) fn resolve(r: &mut Resolver<'_>) -> Option<AzureDpsSettings> {
     let table: Table = r.section(TABLE);
     let key = |r: &Resolver<'_>, name: &str| r.file_key(TABLE, name);
 

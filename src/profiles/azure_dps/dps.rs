@@ -16,7 +16,7 @@ use std::cell::RefCell;
 use std::time::{Duration, Instant};
 
 /// What the registration is about.
-pub struct Registration<'a> {
+pub(crate) struct Registration<'a> {
     pub endpoint: &'a reqwest::Url,
     pub id_scope: &'a str,
     pub api_version: &'a str,
@@ -56,7 +56,7 @@ struct RegistrationState {
 
 /// DPS's decision for an assigned device.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Assignment {
+pub(crate) struct Assignment {
     pub assigned_hub: String,
     pub device_id: String,
     pub substatus: Option<String>,
@@ -199,7 +199,7 @@ fn within(policy: &RetryPolicy, started: Instant) -> RetryPolicy {
 
 /// Registers the device and waits for DPS's decision. `boot`: a disabled
 /// enrollment is waited for until the deadline instead of being final.
-pub async fn register(
+pub(crate) async fn register(
     client: &http::Client,
     registration: &Registration<'_>,
     policy: &RetryPolicy,

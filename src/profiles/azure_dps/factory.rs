@@ -12,7 +12,7 @@ use x509_parser::time::ASN1Time;
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct EnrolRequest<'a> {
+pub(crate) struct EnrolRequest<'a> {
     pub registration_id: &'a str,
     pub csr: &'a str,
 }
@@ -23,7 +23,7 @@ struct EnrolAnswer {
 }
 
 /// POSTs the enrolment; on 201 returns the raw body.
-pub async fn enrol(
+pub(crate) async fn enrol(
     client: &http::Client,
     url: &reqwest::Url,
     request: &EnrolRequest<'_>,
@@ -37,7 +37,7 @@ pub async fn enrol(
 }
 
 /// A certificate chain (leaf first) the device can use.
-pub struct DeviceCertificate {
+pub(crate) struct DeviceCertificate {
     /// As stored in `device.crt`.
     pub pem: String,
     pub chain: Vec<CertificateDer<'static>>,
@@ -60,7 +60,7 @@ impl DeviceCertificate {
 /// Checks a chain for this device: PEM certificates only, the leaf for
 /// `public_key` with common name `id`, valid at `now`, each certificate
 /// signed by the next, and the last by `factory_ca` when one is configured.
-pub fn check_chain(
+pub(crate) fn check_chain(
     pem: &str,
     public_key: &[u8],
     id: &str,
@@ -97,7 +97,7 @@ pub fn check_chain(
 }
 
 /// Checks the factory's 201 body.
-pub fn validate(
+pub(crate) fn validate(
     body: &[u8],
     public_key: &[u8],
     id: &str,

@@ -9,9 +9,9 @@
 //!
 //! [`Checkpoint`]: crate::profiles::Checkpoint
 
-pub mod config;
-pub mod dps;
-pub mod factory;
+pub(crate) mod config;
+pub(crate) mod dps;
+pub(crate) mod factory;
 
 use super::{Answer, Backend, Enrolment, StepOutcome, StoredFile};
 use crate::config::{Common, Resolver};
@@ -33,7 +33,7 @@ use x509_parser::time::ASN1Time;
 
 /// The profile's objects in a PKCS#11 token: a token of its own, so that it
 /// never meets LmP's `aktualizr` objects.
-pub const TOKEN_LAYOUT: TokenLayout = TokenLayout {
+pub(crate) const TOKEN_LAYOUT: TokenLayout = TokenLayout {
     token_label: "azure-dps",
     key_label: "device",
     key_id: "01",
@@ -41,11 +41,11 @@ pub const TOKEN_LAYOUT: TokenLayout = TokenLayout {
     cert_id: "02",
 };
 
-pub const KEY_FILE: &str = "device.key";
-pub const CERTIFICATE_FILE: &str = "device.crt";
-pub const ASSIGNMENT_FILE: &str = "assignment.json";
+pub(crate) const KEY_FILE: &str = "device.key";
+pub(crate) const CERTIFICATE_FILE: &str = "device.crt";
+pub(crate) const ASSIGNMENT_FILE: &str = "assignment.json";
 
-pub struct AzureDps {
+pub(crate) struct AzureDps {
     settings: AzureDpsSettings,
 }
 
