@@ -12,7 +12,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::http::{self, HttpError};
 use crate::retry::{retry, RetryPolicy, Retryable};
 use serde::{Deserialize, Serialize};
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::time::{Duration, Instant};
 
 /// What the registration is about.
@@ -218,9 +218,11 @@ pub(crate) async fn register(
         ..policy.clone()
     };
     let operation: RefCell<Option<String>> = RefCell::new(None);
+    let disabled = Cell::new(false);
     let decided = retry(&waiting, &format!("registering {id} with DPS"), |_| {
         let polled = operation.borrow_mut().take();
-        let (register_url, request, operation) = (&register_url, &request, &operation);
+        let (register_url, request, operation, disabled) =
+            (&register_url, &request, &operation, &disabled);
         async move {
             let (response, polled) = match polled {
                 None => {
@@ -267,7 +269,10 @@ pub(crate) async fn register(
                         retry_after: response.retry_after,
                     })
                 }
-                "disabled" => Err(Pending::Disabled { wait: boot }),
+                "disabled" => {
+                    disabled.set(true);
+                    Err(Pending::Disabled { wait: boot })
+                }
                 "failed" => Err(Pending::Failed {
                     code: state.error_code,
                     message: state.error_message,
@@ -280,7 +285,17 @@ pub(crate) async fn register(
         }
     })
     .await;
-    let state = decided.map_err(|pending| final_error(pending, registration, started))?;
+    let state = decided.map_err(|pending| {
+        // Out of time while asking again: what stands in the way is the
+        // enrollment DPS last said was disabled.
+        let pending = match pending {
+            Pending::Assigning { .. } | Pending::UnknownOperation if disabled.get() => {
+                Pending::Disabled { wait: true }
+            }
+            other => other,
+        };
+        final_error(pending, registration, started)
+    })?;
     assignment(state, id)
 }
 
