@@ -20,7 +20,7 @@ use crate::profiles::{Answer, Backend, Checkpoint, Enrolment, Profile, StoredFil
 use crate::secret::Secret;
 use crate::store::{self, PRIVATE_MODE};
 use serde_json::{Map, Value};
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -40,6 +40,14 @@ impl Outcome {
 
     fn with(mut self, fields: Map<String, Value>) -> Outcome {
         self.0.extend(fields);
+        self
+    }
+
+    /// `files` begins with what a checkpoint of this run stored.
+    fn after_checkpoint(mut self, stored: Vec<String>) -> Outcome {
+        if let Some(Value::Array(files)) = self.0.get_mut("files") {
+            files.splice(0..0, stored.into_iter().map(Value::from));
+        }
         self
     }
 }
@@ -158,6 +166,7 @@ pub async fn register(common: &Common, profile: &Profile) -> Result<Outcome> {
         replaced: profile.markers(),
         key_in_token: matches!(identity.key, Some(DeviceKey::Token(_))),
         stored: Cell::new(identity.stored),
+        written: RefCell::new(Vec::new()),
     };
     let enrolled = profile
         .enrol(Enrolment {
@@ -200,12 +209,14 @@ pub async fn register(common: &Common, profile: &Profile) -> Result<Outcome> {
         true => None,
         false => identity.key.as_ref().and_then(DeviceKey::private_pem),
     };
+    let checkpointed = checkpoint.written.take();
     drop(checkpoint);
     let id = std::mem::take(&mut identity.id);
     // The key (and with it, soon, the token session) is closed before
     // anything else runs.
     drop(identity);
     finish(profile, &dir, &id, key_spec, token, software_key, answer)
+        .map(|outcome| outcome.after_checkpoint(checkpointed))
 }
 
 /// The flow's side of the [`Checkpoint`]: installs a first stage with the
@@ -221,6 +232,8 @@ struct IdentityStore<'a> {
     /// A key file left by an identity made in software is not this one's.
     key_in_token: bool,
     stored: Cell<bool>,
+    /// What it stored, for `--json`.
+    written: RefCell<Vec<String>>,
 }
 
 impl Checkpoint for IdentityStore<'_> {
@@ -271,13 +284,14 @@ impl Checkpoint for IdentityStore<'_> {
         if let Err(e) = identity::remove(self.dir) {
             tracing::warn!("{e}");
         }
-        let names: Vec<&str> = entries.iter().map(|e| e.name).collect();
+        let names: Vec<String> = entries.iter().map(|e| e.name.to_string()).collect();
         tracing::info!(
             "stored the identity of {} ({}) in {}",
             self.id,
             names.join(", "),
             self.dir.display()
         );
+        *self.written.borrow_mut() = names;
         Ok(())
     }
 }

@@ -263,6 +263,10 @@ fn factory_step_and_first_boot_in_one_run_with_a_software_key() {
     assert_eq!(report["registration_id"], id.as_str());
     assert_eq!(report["assigned_hub"], "test-hub.azure-devices.net");
     assert_eq!(report["device_id"], id.as_str());
+    assert_eq!(
+        report["files"],
+        json!(["device.key", "device.crt", "assignment.json"])
+    );
 }
 
 #[test]
