@@ -259,10 +259,8 @@ pub(crate) async fn register(
                     let operation_id = answer.operation_id.or(polled).ok_or_else(|| {
                         Pending::Bad("DPS is assigning the device but named no operationId".into())
                     })?;
-                    if operation_id.is_empty() || operation_id.contains('/') {
-                        return Err(Pending::Bad(format!(
-                            "DPS named an unusable operationId {operation_id:?}"
-                        )));
+                    if operation_id.is_empty() || operation_id.len() > 200 {
+                        return Err(Pending::Bad("DPS named an unusable operationId".into()));
                     }
                     *operation.borrow_mut() = Some(operation_id);
                     Err(Pending::Assigning {
@@ -275,7 +273,10 @@ pub(crate) async fn register(
                 }
                 "failed" => Err(Pending::Failed {
                     code: state.error_code,
-                    message: state.error_message,
+                    // DPS's words go to the log: cleaned and bounded.
+                    message: state
+                        .error_message
+                        .map(|m| http::server_message(m.as_bytes())),
                 }),
                 other => Err(Pending::Bad(format!(
                     "DPS answered the unknown status {:?}",

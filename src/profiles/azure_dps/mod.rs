@@ -123,19 +123,16 @@ impl AzureDps {
         };
         let pem = crate::config::read_optional(&path)?
             .ok_or_else(|| unusable("it has disappeared".into()))?;
-        let certificate = factory::check_chain(
+        // The same checks as at the factory: a certificate that expired or
+        // no longer fits the key or the factory CA can only be replaced.
+        factory::check_chain(
             &pem,
             key.der_bytes(),
             id,
             self.settings.factory_ca.as_ref(),
             ASN1Time::now(),
-        );
-        match certificate {
-            Ok(certificate) => Ok(certificate),
-            // An expired certificate is DPS's to refuse; the device can do
-            // nothing about it but register anew.
-            Err(why) => Err(unusable(why)),
-        }
+        )
+        .map_err(unusable)
     }
 
     /// The factory step: CSR out, certificate back.
