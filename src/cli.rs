@@ -10,6 +10,9 @@ pub enum ProfileName {
     /// Linux microPlatform: the factory registration API, then fioconfig.
     #[default]
     Lmp,
+    /// Losant dynamic registration: a registration JWT and a manufacturer id.
+    #[cfg(feature = "losant")]
+    Losant,
     /// Azure IoT Hub Device Provisioning Service: a certificate from the factory, then DPS with it.
     #[cfg(feature = "azure-dps")]
     AzureDps,
@@ -19,6 +22,8 @@ impl ProfileName {
     pub fn as_str(self) -> &'static str {
         match self {
             ProfileName::Lmp => "lmp",
+            #[cfg(feature = "losant")]
+            ProfileName::Losant => "losant",
             #[cfg(feature = "azure-dps")]
             ProfileName::AzureDps => "azure-dps",
         }
@@ -70,6 +75,10 @@ pub(crate) fn profile_of_flag(id: &str) -> Option<ProfileName> {
         "device_api",
         "oauth_api",
     ];
+    #[cfg(feature = "losant")]
+    if id == "manufacturer_id" {
+        return Some(ProfileName::Losant);
+    }
     LMP.contains(&id).then_some(ProfileName::Lmp)
 }
 
@@ -171,6 +180,11 @@ pub struct Cli {
     /// PKCS#11 security officer PIN (visible in the process list; prefer /etc/sota/hsm).
     #[arg(short = 'S', long, value_name = "PIN")]
     pub hsm_so_pin: Option<String>,
+
+    /// Losant: the device's manufacturer id [default: manufacturer_id in [losant] of the config file, else the MAC address of the first physical network interface].
+    #[cfg(feature = "losant")]
+    #[arg(long, value_name = "ID")]
+    pub manufacturer_id: Option<String>,
 
     /// Registration API endpoint [env: DEVICE_API].
     #[arg(long, value_name = "URL")]

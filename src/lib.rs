@@ -113,8 +113,10 @@ pub fn run(args: impl IntoIterator<Item = OsString>, env: Environment) -> u8 {
         })
         .map(|id| id.to_string())
         .collect();
-    logging::init(env.under_journald(), cli.verbose || env.wants_debug());
+    let run_span = logging::init(env.under_journald(), cli.verbose || env.wants_debug());
+    let _in_run = run_span.enter();
     let result = resolve(&cli, given, &env).and_then(|(common, profile)| {
+        logging::note(logging::Context::Profile, profile.name().as_str());
         for warning in &common.warnings {
             tracing::warn!("{warning}");
         }
@@ -135,7 +137,13 @@ pub fn run(args: impl IntoIterator<Item = OsString>, env: Environment) -> u8 {
             0
         }
         Err(error) => {
-            tracing::error!("{error}");
+            tracing::error!(
+                message_id = logging::RESULT_MESSAGE_ID,
+                registration_result = "error",
+                error_kind = error.kind().as_str(),
+                exit_code = error.kind().exit_code(),
+                "{error}"
+            );
             if cli.json {
                 print_json(&error_report(error.kind(), &error.to_string()));
             }

@@ -19,6 +19,8 @@
 #[cfg(feature = "azure-dps")]
 pub mod azure_dps;
 pub mod lmp;
+#[cfg(feature = "losant")]
+pub mod losant;
 
 use crate::cli::ProfileName;
 use crate::config::{Common, Resolver};
@@ -78,6 +80,17 @@ pub(crate) struct Answer {
     pub report: serde_json::Map<String, serde_json::Value>,
 }
 
+/// The fields of a `json!({...})` object, for [`Answer::report`] and
+/// [`Backend::registered_report`].
+pub(crate) fn report_fields(
+    object: serde_json::Value,
+) -> serde_json::Map<String, serde_json::Value> {
+    match object {
+        serde_json::Value::Object(fields) => fields,
+        _ => serde_json::Map::new(),
+    }
+}
+
 /// The outcome of one step after the commit (a program run, a service
 /// started), for the log and `--json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -100,8 +113,11 @@ pub(crate) struct Enrolment<'a> {
     /// The identity is the one an earlier run stored through the
     /// [`Checkpoint`] ([`Backend::stored_identity`]): its files are in the
     /// state dir.
+    // Only the profiles that register in two stages read these two.
+    #[cfg_attr(not(feature = "azure-dps"), allow(dead_code))]
     pub stored: bool,
     /// Stores the first stage of a registration that has two.
+    #[cfg_attr(not(feature = "azure-dps"), allow(dead_code))]
     pub checkpoint: &'a dyn Checkpoint,
 }
 
@@ -109,6 +125,7 @@ pub(crate) struct Enrolment<'a> {
 /// outlive a failure of the second (a certificate from the factory, then a
 /// service that may not know the device yet): the flow stores the first
 /// stage's files at once, with the device key.
+#[cfg_attr(not(feature = "azure-dps"), allow(dead_code))]
 pub(crate) trait Checkpoint {
     /// Installs `files` (and a software key) in the state dir now. From then
     /// on they are the device's identity: the flow never discards it, and
@@ -151,8 +168,12 @@ pub(crate) trait Backend {
 }
 
 /// The profile this run registers with.
+// One value per run: the size of its largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Profile {
     Lmp(lmp::Lmp),
+    #[cfg(feature = "losant")]
+    Losant(losant::Losant),
     #[cfg(feature = "azure-dps")]
     AzureDps(azure_dps::AzureDps),
 }
@@ -162,6 +183,8 @@ macro_rules! dispatch {
     ($self:expr, $profile:ident => $body:expr) => {
         match $self {
             Profile::Lmp($profile) => $body,
+            #[cfg(feature = "losant")]
+            Profile::Losant($profile) => $body,
             #[cfg(feature = "azure-dps")]
             Profile::AzureDps($profile) => $body,
         }
@@ -173,6 +196,8 @@ impl Profile {
     pub fn resolve(r: &mut Resolver<'_>, name: ProfileName) -> Option<Profile> {
         match name {
             ProfileName::Lmp => lmp::Lmp::resolve(r).map(Profile::Lmp),
+            #[cfg(feature = "losant")]
+            ProfileName::Losant => losant::Losant::resolve(r).map(Profile::Losant),
             #[cfg(feature = "azure-dps")]
             ProfileName::AzureDps => azure_dps::AzureDps::resolve(r).map(Profile::AzureDps),
         }
@@ -181,6 +206,8 @@ impl Profile {
     pub fn name(&self) -> ProfileName {
         match self {
             Profile::Lmp(_) => ProfileName::Lmp,
+            #[cfg(feature = "losant")]
+            Profile::Losant(_) => ProfileName::Losant,
             #[cfg(feature = "azure-dps")]
             Profile::AzureDps(_) => ProfileName::AzureDps,
         }

@@ -10,7 +10,7 @@ pub(crate) mod hooks;
 pub mod oauth;
 pub(crate) mod p11;
 
-use super::{Answer, Backend, Enrolment, StepOutcome, StoredFile};
+use super::{report_fields, Answer, Backend, Enrolment, StepOutcome, StoredFile};
 use crate::config::{Common, Resolver};
 use crate::csr::{build_csr_pem, CsrSubject};
 use crate::error::{Error, ErrorKind, Result};
@@ -152,6 +152,7 @@ impl Backend for Lmp {
 
     fn announce(&self) {
         let s = &self.settings;
+        crate::logging::note(crate::logging::Context::Factory, &s.factory);
         tracing::info!(
             "registering with factory {} (tag {}, hardware id {}, {}) at {}",
             s.factory,
@@ -183,10 +184,7 @@ impl Backend for Lmp {
             "fioconfig": StepOutcome::Skipped,
             "aktualizr_lite": StepOutcome::Skipped,
         });
-        match report {
-            serde_json::Value::Object(map) => map,
-            _ => serde_json::Map::new(),
-        }
+        report_fields(report)
     }
 
     fn configured_id(&self) -> Option<&str> {
@@ -293,10 +291,7 @@ impl Backend for Lmp {
             obsolete,
             token_certificate: token.map(|_| bundle.files[answer::CLIENT_CERT].clone()),
             summary: format!("registered device {uuid} ({name})"),
-            report: match report {
-                serde_json::Value::Object(map) => map,
-                _ => serde_json::Map::new(),
-            },
+            report: report_fields(report),
         })
     }
 

@@ -60,6 +60,7 @@ pub mod azure_dps;
 #[cfg(test)]
 mod azure_dps_tests;
 mod csr;
+pub mod losant;
 mod oauth;
 mod pki;
 mod registration;
@@ -74,6 +75,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
+
+pub use losant::{Losant, LosantDevice, LosantOptions, LosantReply};
 
 /// How the double behaves. Build with `Options { tls: true, ..Default::default() }`.
 #[derive(Clone, Debug)]
@@ -100,6 +103,10 @@ pub struct Options {
     /// How many polls of the OAuth token endpoint answer
     /// `authorization_pending` before the access token is issued.
     pub oauth_pending_polls: u32,
+    /// Where to listen: `127.0.0.1` and an ephemeral port by default. The
+    /// first-boot test listens on a veth address inside a network namespace
+    /// of its own (the address may be on a link that is still down).
+    pub listen: SocketAddr,
 }
 
 impl Default for Options {
@@ -113,6 +120,7 @@ impl Default for Options {
             default_reply: Reply::Sign,
             refuse_connections_for: None,
             oauth_pending_polls: 2,
+            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
         }
     }
 }
@@ -218,7 +226,8 @@ pub struct DeviceApi {
 }
 
 impl DeviceApi {
-    /// Starts the double on `127.0.0.1` and an ephemeral port.
+    /// Starts the double on [`Options::listen`] (`127.0.0.1` and an
+    /// ephemeral port unless told otherwise).
     ///
     /// Panics if the runtime, the socket or the test PKI cannot be set up:
     /// this is test tooling, and there is nothing sensible to recover.
@@ -229,10 +238,15 @@ impl DeviceApi {
             .enable_all()
             .build()
             .expect("device-api: tokio runtime");
-        let socket = tokio::net::TcpSocket::new_v4().expect("device-api: socket");
+        let socket = if opts.listen.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()
+        } else {
+            tokio::net::TcpSocket::new_v6()
+        }
+        .expect("device-api: socket");
         socket
-            .bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
-            .expect("device-api: bind 127.0.0.1");
+            .bind(opts.listen)
+            .unwrap_or_else(|e| panic!("device-api: bind {}: {e}", opts.listen));
         let addr = socket.local_addr().expect("device-api: local_addr");
 
         let scheme = if opts.tls { "https" } else { "http" };
