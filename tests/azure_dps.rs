@@ -507,17 +507,18 @@ fn settings_problems_are_reported_together_before_anything_is_made() {
     let config = device.fixture.root.join("etc/lmp-device-register.toml");
     common::write_file(
         &config,
-        "profile = \"azure-dps\"\n[azure-dps]\nregistration_id = \"Line-3/Device\"\npayload = \"{not json\"\nendpoint = \"http://127.0.0.1:9\"\n",
+        "profile = \"azure-dps\"\n[azure-dps]\nregistration_id = \"Line-3/Device\"\npayload = \"{not json\"\nendpoint = \"http://127.0.0.1:9\"\nstate_dir = \"var/lib/dps\"\n",
         0o644,
     );
     let run = device.run(&[]);
     run.assert_code(2)
-        .assert_says("4 configuration problems")
+        .assert_says("5 configuration problems")
         .assert_says("missing")
         .assert_says("[azure-dps] id_scope")
         .assert_says("cannot be a registration id: it contains 'L'")
         .assert_says("[azure-dps] payload is not JSON")
-        .assert_says("must be https");
+        .assert_says("must be https")
+        .assert_says("[azure-dps] state_dir var/lib/dps: must be an absolute path");
     assert!(!device.state().exists());
 
     common::write_file(
@@ -737,3 +738,4 @@ fn a_token_key_registers_over_mutual_tls_in_two_runs() {
     assert_eq!(certificate.bytes(AttributeType::Value).unwrap(), crt[0]);
     assert_eq!(factory_requests(&dps), 1);
 }
+

@@ -84,8 +84,23 @@ fn is_api_version(version: &str) -> bool {
 }
 
 pub(crate) fn resolve(r: &mut Resolver<'_>) -> Option<AzureDpsSettings> {
-    let table: Table = r.section(TABLE);
+    let mut table: Table = r.section(TABLE);
     let key = |r: &Resolver<'_>, name: &str| r.file_key(TABLE, name);
+
+    // A relative path would depend on the working directory.
+    for (name, path) in [
+        ("state_dir", &mut table.state_dir),
+        ("factory_ca", &mut table.factory_ca),
+        ("cacert", &mut table.cacert),
+    ] {
+        if let Some(relative) = path.take_if(|p| p.is_relative()) {
+            let what = key(r, name);
+            r.problem(format!(
+                "{what} {}: must be an absolute path",
+                relative.display()
+            ));
+        }
+    }
 
     let id_scope = match &table.id_scope {
         Some(scope) if is_id_scope(scope.trim()) => Some(scope.trim().to_string()),

@@ -13,7 +13,7 @@ pub(crate) mod config;
 pub(crate) mod dps;
 pub(crate) mod factory;
 
-use super::{Answer, Backend, Enrolment, StepOutcome, StoredFile};
+use super::{report_fields, Answer, Backend, Enrolment, StepOutcome, StoredFile};
 use crate::config::{Common, Resolver};
 use crate::csr::{build_csr_pem, CsrSubject};
 use crate::error::{Error, ErrorKind, Result};
@@ -92,13 +92,6 @@ impl Pkcs11Location {
             certificate_label: layout.cert_label,
             certificate_id: layout.cert_id,
         }
-    }
-}
-
-fn object(value: Value) -> Map<String, Value> {
-    match value {
-        Value::Object(map) => map,
-        _ => Map::new(),
     }
 }
 
@@ -268,7 +261,7 @@ impl Backend for AzureDps {
             .flatten()
             .and_then(|text| serde_json::from_str(&text).ok())
             .unwrap_or_default();
-        object(json!({
+        report_fields(json!({
             "registration_id": stored.get("registrationId"),
             "assigned_hub": stored.get("assignedHub"),
             "device_id": stored.get("deviceId"),
@@ -371,7 +364,7 @@ impl Backend for AzureDps {
             })?;
 
         let assignment_json = self.assignment_file(id, key, &assignment)?;
-        let report = object(json!({
+        let report = report_fields(json!({
             "registration_id": id,
             "assigned_hub": assignment.assigned_hub,
             "device_id": assignment.device_id,
