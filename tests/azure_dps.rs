@@ -739,3 +739,34 @@ fn a_token_key_registers_over_mutual_tls_in_two_runs() {
     assert_eq!(factory_requests(&dps), 1);
 }
 
+/// The example in examples/ is what the README points at: the agent reads it.
+#[test]
+fn the_example_config_file_is_read_by_the_agent() {
+    let example = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/config-azure-dps.toml"
+    );
+    let dps = start(DpsOptions::default());
+    let device = Device::new(&dps);
+    common::write_file(
+        &device.state().join("assignment.json"),
+        "{\"registrationId\": \"gw-1\", \"assignedHub\": \"h.azure-devices.net\", \"deviceId\": \"gw-1\"}\n",
+        0o644,
+    );
+    let run = device.run(&["--config", example, "--boot", "--json"]);
+    run.assert_code(0)
+        .assert_says(&format!("profile read from {example} profile"))
+        .assert_says(&format!(
+            "DPS ID scope read from {example} [azure-dps] id_scope"
+        ))
+        .assert_says(&format!(
+            "factory enrolment read from {example} [azure-dps] enrol_url"
+        ));
+    let report: Value = serde_json::from_str(run.stdout.trim()).unwrap();
+    assert_eq!(report["status"], "already-registered");
+    assert_eq!(report["profile"], "azure-dps");
+    assert_eq!(report["registration_id"], "gw-1");
+    assert_eq!(report["assigned_hub"], "h.azure-devices.net");
+    assert_eq!(report["files"], json!([]));
+    assert!(dps.requests().is_empty());
+}
