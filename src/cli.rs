@@ -13,6 +13,9 @@ pub enum ProfileName {
     /// Losant dynamic registration: a registration JWT and a manufacturer id.
     #[cfg(feature = "losant")]
     Losant,
+    /// Azure IoT Hub Device Provisioning Service: a certificate from the factory, then DPS with it.
+    #[cfg(feature = "azure-dps")]
+    AzureDps,
 }
 
 impl ProfileName {
@@ -21,6 +24,8 @@ impl ProfileName {
             ProfileName::Lmp => "lmp",
             #[cfg(feature = "losant")]
             ProfileName::Losant => "losant",
+            #[cfg(feature = "azure-dps")]
+            ProfileName::AzureDps => "azure-dps",
         }
     }
 
