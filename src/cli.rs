@@ -16,6 +16,9 @@ pub enum ProfileName {
     /// TII fleet management: a provisioning server signs the CSR, then NATS registration over mutual TLS.
     #[cfg(feature = "tii")]
     Tii,
+    /// Azure IoT Hub Device Provisioning Service: a certificate from the factory, then DPS with it.
+    #[cfg(feature = "azure-dps")]
+    AzureDps,
 }
 
 impl ProfileName {
@@ -26,6 +29,8 @@ impl ProfileName {
             ProfileName::Losant => "losant",
             #[cfg(feature = "tii")]
             ProfileName::Tii => "tii",
+            #[cfg(feature = "azure-dps")]
+            ProfileName::AzureDps => "azure-dps",
         }
     }
 

@@ -212,6 +212,7 @@ impl Backend for Lmp {
             id: uuid,
             key,
             resumed,
+            ..
         } = enrolment;
         let key = key.ok_or_else(|| Error::internal("an LmP registration needs a key"))?;
         let token = key.token();

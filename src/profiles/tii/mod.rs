@@ -175,11 +175,14 @@ impl Backend for Tii {
 
     async fn enrol(&self, enrolment: Enrolment<'_>) -> Result<Answer> {
         let s = &self.settings;
+        // One stage as far as the device's files go: the certificate is
+        // stored with the fleet manager's answer (a rerun asks for it again).
         let Enrolment {
             common,
             id,
             key,
             resumed,
+            ..
         } = enrolment;
         let key = key.ok_or_else(|| Error::internal("a tii registration needs a key"))?;
         let token = key.token();
