@@ -507,10 +507,12 @@ fn choose_identity(
     if let Some(earlier) = earlier {
         let key = match (key_spec, token, &earlier.software_key) {
             (None, _, _) => Some(None),
-            (Some(_), None, Some(pem)) => {
-                Some(Some(DeviceKey::Software(SoftwareKey::from_pem(pem)?)))
-            }
-            (Some(_), Some(token), _) => token.existing_key()?.map(|k| Some(DeviceKey::Token(k))),
+            (Some(spec), None, Some(pem)) => Some(Some(DeviceKey::Software(
+                SoftwareKey::from_pem(pem, spec.algorithm)?,
+            ))),
+            (Some(spec), Some(token), _) => token
+                .existing_key(spec.algorithm)?
+                .map(|k| Some(DeviceKey::Token(k))),
             (Some(_), None, None) => None,
         };
         match key {
@@ -533,8 +535,10 @@ fn choose_identity(
     let id = profile.new_id(token.map(|t| t.as_ref()));
     let key = match (key_spec, token) {
         (None, _) => None,
-        (Some(_), Some(token)) => Some(DeviceKey::Token(token.create_key(common.force)?)),
-        (Some(_), None) => Some(DeviceKey::Software(SoftwareKey::generate()?)),
+        (Some(spec), Some(token)) => Some(DeviceKey::Token(
+            token.create_key(spec.algorithm, common.force)?,
+        )),
+        (Some(spec), None) => Some(DeviceKey::Software(SoftwareKey::generate(spec.algorithm)?)),
     };
     Ok(Identity {
         id,
@@ -562,7 +566,7 @@ fn stored_key(
         ))
     };
     if let Some(token) = token {
-        return match token.existing_key()? {
+        return match token.existing_key(spec.algorithm)? {
             Some(key) => Ok(Some(DeviceKey::Token(key))),
             None => Err(missing(format!(
                 "PKCS#11 token {} has no `{}` key; was it made in software?",
@@ -574,6 +578,7 @@ fn stored_key(
     match crate::config::read_secret_optional(&path)? {
         Some(pem) => Ok(Some(DeviceKey::Software(SoftwareKey::from_pem(
             &Secret::new(pem),
+            spec.algorithm,
         )?))),
         None => Err(missing(format!(
             "no {}; if it is in a PKCS#11 token, configure the HSM (/etc/sota/hsm or -m/-P/-S)",

@@ -21,6 +21,8 @@ pub mod azure_dps;
 pub mod lmp;
 #[cfg(feature = "losant")]
 pub mod losant;
+#[cfg(feature = "tii")]
+pub mod tii;
 
 use crate::cli::ProfileName;
 use crate::config::{Common, Resolver};
@@ -174,6 +176,8 @@ pub(crate) enum Profile {
     Lmp(lmp::Lmp),
     #[cfg(feature = "losant")]
     Losant(losant::Losant),
+    #[cfg(feature = "tii")]
+    Tii(tii::Tii),
     #[cfg(feature = "azure-dps")]
     AzureDps(azure_dps::AzureDps),
 }
@@ -185,6 +189,8 @@ macro_rules! dispatch {
             Profile::Lmp($profile) => $body,
             #[cfg(feature = "losant")]
             Profile::Losant($profile) => $body,
+            #[cfg(feature = "tii")]
+            Profile::Tii($profile) => $body,
             #[cfg(feature = "azure-dps")]
             Profile::AzureDps($profile) => $body,
         }
@@ -198,6 +204,8 @@ impl Profile {
             ProfileName::Lmp => lmp::Lmp::resolve(r).map(Profile::Lmp),
             #[cfg(feature = "losant")]
             ProfileName::Losant => losant::Losant::resolve(r).map(Profile::Losant),
+            #[cfg(feature = "tii")]
+            ProfileName::Tii => tii::Tii::resolve(r).map(Profile::Tii),
             #[cfg(feature = "azure-dps")]
             ProfileName::AzureDps => azure_dps::AzureDps::resolve(r).map(Profile::AzureDps),
         }
@@ -208,6 +216,8 @@ impl Profile {
             Profile::Lmp(_) => ProfileName::Lmp,
             #[cfg(feature = "losant")]
             Profile::Losant(_) => ProfileName::Losant,
+            #[cfg(feature = "tii")]
+            Profile::Tii(_) => ProfileName::Tii,
             #[cfg(feature = "azure-dps")]
             Profile::AzureDps(_) => ProfileName::AzureDps,
         }

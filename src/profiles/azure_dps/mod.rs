@@ -19,7 +19,7 @@ use crate::csr::{build_csr_pem, CsrSubject};
 use crate::error::{Error, ErrorKind, Result};
 use crate::http::{self, HttpError};
 use crate::keys::pkcs11::Token;
-use crate::keys::{DeviceKey, KeySpec, TokenLayout};
+use crate::keys::{DeviceKey, KeyAlgorithm, KeySpec, TokenLayout};
 use crate::retry::{retry, Retryable};
 use crate::store::PUBLIC_MODE;
 use crate::tls::ClientIdentity;
@@ -222,6 +222,7 @@ impl Backend for AzureDps {
     fn key_spec(&self) -> Option<KeySpec> {
         Some(KeySpec {
             file: KEY_FILE,
+            algorithm: KeyAlgorithm::EcP256,
             token: TOKEN_LAYOUT,
         })
     }

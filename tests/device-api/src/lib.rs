@@ -68,6 +68,7 @@ mod server;
 mod sota_toml;
 #[cfg(test)]
 mod tests;
+pub mod tii;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, MutexGuard};

@@ -214,13 +214,13 @@ fn name(cn: &str, ou: Option<&str>) -> DistinguishedName {
 }
 
 /// Valid from `now - before` until `now + after`.
-fn set_validity(params: &mut CertificateParams, before: Duration, after: Duration) {
+pub(crate) fn set_validity(params: &mut CertificateParams, before: Duration, after: Duration) {
     let now = OffsetDateTime::now_utc();
     params.not_before = now - before;
     params.not_after = now + after;
 }
 
-fn random_serial() -> SerialNumber {
+pub(crate) fn random_serial() -> SerialNumber {
     let mut serial = random_bytes(16);
     // Positive and without a leading zero byte, so it stays 16 bytes in DER.
     serial[0] = (serial[0] & 0x7f) | 0x40;
