@@ -209,7 +209,9 @@ pub async fn send(request: reqwest::RequestBuilder) -> Result<Response, HttpErro
         .get(reqwest::header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| parse_retry_after(v, SystemTime::now()));
+    let url = response.url().clone();
     let body = read_bounded(response).await?;
+    tracing::debug!("{url} answered HTTP {status} ({} bytes)", body.len());
     Ok(Response {
         status,
         retry_after,
@@ -250,7 +252,7 @@ pub fn transport_error(error: reqwest::Error) -> HttpError {
 
 /// Whether a rustls error is somewhere in the chain. io::Error hides the
 /// error it wraps from `source()`, and hyper nests io::Errors, so look inside.
-fn caused_by_tls(error: &(dyn std::error::Error + 'static)) -> bool {
+pub(crate) fn caused_by_tls(error: &(dyn std::error::Error + 'static)) -> bool {
     if error.is::<rustls::Error>() {
         return true;
     }

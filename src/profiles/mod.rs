@@ -16,7 +16,13 @@
 //! - a `Profile::Foo` variant, its arm in `dispatch!`, `Profile::resolve`
 //!   and `Profile::name`.
 
+#[cfg(feature = "azure-dps")]
+pub mod azure_dps;
 pub mod lmp;
+#[cfg(feature = "losant")]
+pub mod losant;
+#[cfg(feature = "tii")]
+pub mod tii;
 
 use crate::cli::ProfileName;
 use crate::config::{Common, Resolver};
@@ -28,7 +34,7 @@ use std::path::Path;
 
 /// A file a profile asks the flow to store in its state dir.
 #[derive(Clone, Serialize, Deserialize)]
-pub struct StoredFile {
+pub(crate) struct StoredFile {
     pub name: String,
     pub mode: u32,
     pub contents: String,
@@ -61,7 +67,7 @@ impl std::fmt::Debug for StoredFile {
 /// it durably before storing it, so that a failure while storing never
 /// loses a device the fleet already holds.
 #[derive(Debug, Serialize, Deserialize)]
-pub struct Answer {
+pub(crate) struct Answer {
     /// In the order they are installed: whatever starts other services
     /// when it appears comes last.
     pub files: Vec<StoredFile>,
@@ -76,18 +82,29 @@ pub struct Answer {
     pub report: serde_json::Map<String, serde_json::Value>,
 }
 
+/// The fields of a `json!({...})` object, for [`Answer::report`] and
+/// [`Backend::registered_report`].
+pub(crate) fn report_fields(
+    object: serde_json::Value,
+) -> serde_json::Map<String, serde_json::Value> {
+    match object {
+        serde_json::Value::Object(fields) => fields,
+        _ => serde_json::Map::new(),
+    }
+}
+
 /// The outcome of one step after the commit (a program run, a service
 /// started), for the log and `--json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum StepOutcome {
+pub(crate) enum StepOutcome {
     Done,
     Skipped,
     Failed(String),
 }
 
 /// What the flow hands a profile for its network steps.
-pub struct Enrolment<'a> {
+pub(crate) struct Enrolment<'a> {
     pub common: &'a Common,
     /// The device's identity (UUID, manufacturer id, registration id).
     pub id: &'a str,
@@ -95,6 +112,29 @@ pub struct Enrolment<'a> {
     pub key: Option<&'a DeviceKey>,
     /// The identity comes from an earlier, unfinished attempt.
     pub resumed: bool,
+    /// The identity is the one an earlier run stored through the
+    /// [`Checkpoint`] ([`Backend::stored_identity`]): its files are in the
+    /// state dir.
+    // Only the profiles that register in two stages read these two.
+    #[cfg_attr(not(feature = "azure-dps"), allow(dead_code))]
+    pub stored: bool,
+    /// Stores the first stage of a registration that has two.
+    #[cfg_attr(not(feature = "azure-dps"), allow(dead_code))]
+    pub checkpoint: &'a dyn Checkpoint,
+}
+
+/// For registrations in two stages, where the first stage's result must
+/// outlive a failure of the second (a certificate from the factory, then a
+/// service that may not know the device yet): the flow stores the first
+/// stage's files at once, with the device key.
+#[cfg_attr(not(feature = "azure-dps"), allow(dead_code))]
+pub(crate) trait Checkpoint {
+    /// Installs `files` (and a software key) in the state dir now. From then
+    /// on they are the device's identity: the flow never discards it, and
+    /// later runs continue with it ([`Backend::stored_identity`]) until a
+    /// run with `--force`. An error means nothing is stored and the identity
+    /// is kept pending, as after an unknown outcome.
+    fn store_identity(&self, files: Vec<StoredFile>) -> Result<()>;
 }
 
 /// One fleet backend.
@@ -117,6 +157,12 @@ pub(crate) trait Backend {
     fn configured_id(&self) -> Option<&str>;
     /// A new identity, when there is no pending one.
     fn new_id(&self, token: Option<&Token>) -> String;
+    /// The id of an identity stored by an earlier run through the
+    /// [`Checkpoint`] (its first-stage files are in the state dir, and a
+    /// software key beside them), which this run continues.
+    fn stored_identity(&self) -> Option<String> {
+        None
+    }
     /// The network steps: what the server accepted, ready to store.
     async fn enrol(&self, enrolment: Enrolment<'_>) -> Result<Answer>;
     /// Steps after the commit (the key and token are closed by then).
@@ -124,8 +170,16 @@ pub(crate) trait Backend {
 }
 
 /// The profile this run registers with.
-pub enum Profile {
+// One value per run: the size of its largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Profile {
     Lmp(lmp::Lmp),
+    #[cfg(feature = "losant")]
+    Losant(losant::Losant),
+    #[cfg(feature = "tii")]
+    Tii(tii::Tii),
+    #[cfg(feature = "azure-dps")]
+    AzureDps(azure_dps::AzureDps),
 }
 
 /// Calls the same method on whichever profile this is.
@@ -133,6 +187,12 @@ macro_rules! dispatch {
     ($self:expr, $profile:ident => $body:expr) => {
         match $self {
             Profile::Lmp($profile) => $body,
+            #[cfg(feature = "losant")]
+            Profile::Losant($profile) => $body,
+            #[cfg(feature = "tii")]
+            Profile::Tii($profile) => $body,
+            #[cfg(feature = "azure-dps")]
+            Profile::AzureDps($profile) => $body,
         }
     };
 }
@@ -142,12 +202,24 @@ impl Profile {
     pub fn resolve(r: &mut Resolver<'_>, name: ProfileName) -> Option<Profile> {
         match name {
             ProfileName::Lmp => lmp::Lmp::resolve(r).map(Profile::Lmp),
+            #[cfg(feature = "losant")]
+            ProfileName::Losant => losant::Losant::resolve(r).map(Profile::Losant),
+            #[cfg(feature = "tii")]
+            ProfileName::Tii => tii::Tii::resolve(r).map(Profile::Tii),
+            #[cfg(feature = "azure-dps")]
+            ProfileName::AzureDps => azure_dps::AzureDps::resolve(r).map(Profile::AzureDps),
         }
     }
 
     pub fn name(&self) -> ProfileName {
         match self {
             Profile::Lmp(_) => ProfileName::Lmp,
+            #[cfg(feature = "losant")]
+            Profile::Losant(_) => ProfileName::Losant,
+            #[cfg(feature = "tii")]
+            Profile::Tii(_) => ProfileName::Tii,
+            #[cfg(feature = "azure-dps")]
+            Profile::AzureDps(_) => ProfileName::AzureDps,
         }
     }
 }
@@ -176,6 +248,9 @@ impl Backend for Profile {
     }
     fn new_id(&self, token: Option<&Token>) -> String {
         dispatch!(self, p => p.new_id(token))
+    }
+    fn stored_identity(&self) -> Option<String> {
+        dispatch!(self, p => p.stored_identity())
     }
     async fn enrol(&self, enrolment: Enrolment<'_>) -> Result<Answer> {
         dispatch!(self, p => p.enrol(enrolment).await)

@@ -1,10 +1,14 @@
 //! A loopback double of the factory registration API (`DEVICE_API`).
 //!
-//! It speaks the wire contract of `shared/DESIGN.md` §3 for real: it verifies
-//! the CSR (signature, algorithm, subject, requested extensions), signs a
-//! client certificate with a test CA (root → intermediate → leaf), builds
-//! `sota.toml` from a base plus the request's overrides, and runs the OAuth
-//! device flow. Tests can script misbehaviour with [`Reply`].
+//! It speaks the wire contract documented in the repository's
+//! `docs/device-api.md` for real: it verifies the CSR (signature, algorithm,
+//! subject, requested extensions), signs a client certificate with a test CA
+//! (root → intermediate → leaf), builds `sota.toml` from a base plus the
+//! request's overrides, and runs the OAuth device flow. Tests can script
+//! misbehaviour with [`Reply`].
+//!
+//! [`azure_dps`] holds the doubles of Azure IoT Hub DPS and of the factory
+//! endpoint that issues its device certificates.
 //!
 //! The server runs its own tokio runtime on a background thread, so plain
 //! synchronous tests (that spawn the agent with `std::process::Command`) can
@@ -55,7 +59,11 @@
 //! assert_eq!(api.registrations().len(), 1);
 //! ```
 
+pub mod azure_dps;
+#[cfg(test)]
+mod azure_dps_tests;
 mod csr;
+pub mod losant;
 mod oauth;
 mod pki;
 mod registration;
@@ -63,6 +71,7 @@ mod server;
 mod sota_toml;
 #[cfg(test)]
 mod tests;
+pub mod tii;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, MutexGuard};
@@ -70,6 +79,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
+
+pub use losant::{Losant, LosantDevice, LosantOptions, LosantReply};
 
 /// How the double behaves. Build with `Options { tls: true, ..Default::default() }`.
 #[derive(Clone, Debug)]
@@ -96,6 +107,10 @@ pub struct Options {
     /// How many polls of the OAuth token endpoint answer
     /// `authorization_pending` before the access token is issued.
     pub oauth_pending_polls: u32,
+    /// Where to listen: `127.0.0.1` and an ephemeral port by default. The
+    /// first-boot test listens on a veth address inside a network namespace
+    /// of its own (the address may be on a link that is still down).
+    pub listen: SocketAddr,
     /// A small server under a production line: at most this many
     /// registrations at a time, each taking a while; every registration
     /// beyond that is answered at once with 503 and `Retry-After`. `None`:
@@ -141,6 +156,7 @@ impl Default for Options {
             default_reply: Reply::Sign,
             refuse_connections_for: None,
             oauth_pending_polls: 2,
+            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
             capacity: None,
             accept_string_booleans: false,
         }
@@ -252,7 +268,8 @@ pub struct DeviceApi {
 }
 
 impl DeviceApi {
-    /// Starts the double on `127.0.0.1` and an ephemeral port.
+    /// Starts the double on [`Options::listen`] (`127.0.0.1` and an
+    /// ephemeral port unless told otherwise).
     ///
     /// Panics if the runtime, the socket or the test PKI cannot be set up:
     /// this is test tooling, and there is nothing sensible to recover.
@@ -263,10 +280,15 @@ impl DeviceApi {
             .enable_all()
             .build()
             .expect("device-api: tokio runtime");
-        let socket = tokio::net::TcpSocket::new_v4().expect("device-api: socket");
+        let socket = if opts.listen.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()
+        } else {
+            tokio::net::TcpSocket::new_v6()
+        }
+        .expect("device-api: socket");
         socket
-            .bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
-            .expect("device-api: bind 127.0.0.1");
+            .bind(opts.listen)
+            .unwrap_or_else(|e| panic!("device-api: bind {}: {e}", opts.listen));
         let addr = socket.local_addr().expect("device-api: local_addr");
 
         let scheme = if opts.tls { "https" } else { "http" };
