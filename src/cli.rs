@@ -10,12 +10,17 @@ pub enum ProfileName {
     /// Linux microPlatform: the factory registration API, then fioconfig.
     #[default]
     Lmp,
+    /// Losant dynamic registration: a registration JWT and a manufacturer id.
+    #[cfg(feature = "losant")]
+    Losant,
 }
 
 impl ProfileName {
     pub fn as_str(self) -> &'static str {
         match self {
             ProfileName::Lmp => "lmp",
+            #[cfg(feature = "losant")]
+            ProfileName::Losant => "losant",
         }
     }
 
@@ -43,7 +48,7 @@ impl ProfileName {
 
 /// The profile a flag belongs to; `None` for flags every profile takes.
 /// Flags are named by their clap id (the field name).
-pub fn profile_of_flag(id: &str) -> Option<ProfileName> {
+pub(crate) fn profile_of_flag(id: &str) -> Option<ProfileName> {
     const LMP: &[&str] = &[
         "api_token",
         "api_token_file",
@@ -65,11 +70,15 @@ pub fn profile_of_flag(id: &str) -> Option<ProfileName> {
         "device_api",
         "oauth_api",
     ];
+    #[cfg(feature = "losant")]
+    if id == "manufacturer_id" {
+        return Some(ProfileName::Losant);
+    }
     LMP.contains(&id).then_some(ProfileName::Lmp)
 }
 
 /// Parses the boolean words that scripts pass to the old tool's flags.
-pub fn parse_bool_word(word: &str) -> Result<bool, String> {
+pub(crate) fn parse_bool_word(word: &str) -> Result<bool, String> {
     match word.to_ascii_lowercase().as_str() {
         "1" | "true" | "yes" | "on" => Ok(true),
         "0" | "false" | "no" | "off" => Ok(false),
@@ -166,6 +175,11 @@ pub struct Cli {
     /// PKCS#11 security officer PIN (visible in the process list; prefer /etc/sota/hsm).
     #[arg(short = 'S', long, value_name = "PIN")]
     pub hsm_so_pin: Option<String>,
+
+    /// Losant: the device's manufacturer id [default: manufacturer_id in [losant] of the config file, else the MAC address of the first physical network interface].
+    #[cfg(feature = "losant")]
+    #[arg(long, value_name = "ID")]
+    pub manufacturer_id: Option<String>,
 
     /// Registration API endpoint [env: DEVICE_API].
     #[arg(long, value_name = "URL")]

@@ -112,7 +112,7 @@ impl fmt::Debug for Error {
 impl std::error::Error for Error {}
 
 /// Attaches a kind and a context to any error, e.g. an `io::Error`.
-pub trait ResultExt<T> {
+pub(crate) trait ResultExt<T> {
     fn with_kind_context<C, F>(self, kind: ErrorKind, context: F) -> Result<T>
     where
         C: fmt::Display + Send + Sync + 'static,

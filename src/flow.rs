@@ -10,6 +10,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::identity::{self, Pending};
 use crate::keys::pkcs11::{Module, Token};
 use crate::keys::{DeviceKey, KeySpec, SoftwareKey};
+use crate::logging::{self, Context};
 use crate::profiles::{Answer, Backend, Enrolment, Profile};
 use crate::secret::Secret;
 use crate::store::{self, PRIVATE_MODE};
@@ -87,9 +88,18 @@ pub async fn register(common: &Common, profile: &Profile) -> Result<Outcome> {
                 dir.display()
             );
         } else if common.boot {
-            tracing::info!("already registered ({what}); nothing to do");
+            let report = profile.registered_report();
+            if let Some(uuid) = report.get("uuid").and_then(Value::as_str) {
+                logging::note(Context::DeviceUuid, uuid);
+            }
+            note_reported_factory(&report);
+            tracing::info!(
+                message_id = logging::RESULT_MESSAGE_ID,
+                registration_result = "already-registered",
+                "already registered ({what}); nothing to do"
+            );
             return Ok(Outcome::new("already-registered", profile)
-                .with(profile.registered_report())
+                .with(report)
                 .with(files_field(&[])));
         } else {
             return Err(Error::new(
@@ -116,6 +126,7 @@ pub async fn register(common: &Common, profile: &Profile) -> Result<Outcome> {
     };
     let mut identity =
         choose_identity(common, profile, key_spec.as_ref(), pending, token.as_ref())?;
+    logging::note(Context::DeviceUuid, &identity.id);
     if !identity.resumed {
         let software_key = identity.key.as_ref().and_then(DeviceKey::private_pem);
         identity::begin(&dir, &identity.id, software_key.as_ref())?;
@@ -201,6 +212,8 @@ fn finish(
     // Programs run next may open the token themselves.
     drop(token);
     tracing::info!(
+        message_id = logging::RESULT_MESSAGE_ID,
+        registration_result = "registered",
         "{}; wrote {} to {}",
         answer.summary,
         files.join(", "),
@@ -216,6 +229,14 @@ fn finish(
         );
     }
     Ok(outcome)
+}
+
+/// The factory as the profile reports it, for the journal fields, on the
+/// paths where the profile's announcement (which notes it) does not run.
+fn note_reported_factory(report: &Map<String, Value>) {
+    if let Some(factory) = report.get("factory").and_then(Value::as_str) {
+        logging::note(Context::Factory, factory);
+    }
 }
 
 fn files_field(files: &[String]) -> Map<String, Value> {
@@ -240,6 +261,8 @@ fn finish_accepted(
     let Some(answer) = answer else {
         return Err(Error::internal("no recorded answer to finish"));
     };
+    logging::note(Context::DeviceUuid, &id);
+    note_reported_factory(&answer.report);
     tracing::info!("finishing the registration of {id}, which the server accepted earlier");
     let token = match (&answer.token_certificate, module, &key_spec) {
         (None, _, _) => None,

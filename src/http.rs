@@ -209,7 +209,9 @@ pub async fn send(request: reqwest::RequestBuilder) -> Result<Response, HttpErro
         .get(reqwest::header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| parse_retry_after(v, SystemTime::now()));
+    let url = response.url().clone();
     let body = read_bounded(response).await?;
+    tracing::debug!("{url} answered HTTP {status} ({} bytes)", body.len());
     Ok(Response {
         status,
         retry_after,

@@ -96,16 +96,12 @@ pub fn run(args: impl IntoIterator<Item = OsString>, env: Environment) -> u8 {
                 return 0;
             }
             if json {
-                let message = e.kind().as_str().map_or_else(
-                    || e.to_string().lines().next().unwrap_or_default().to_string(),
-                    |kind| {
-                        format!(
-                            "{kind}: {}",
-                            e.to_string().lines().next().unwrap_or_default()
-                        )
-                    },
-                );
-                print_json(&error_report(ErrorKind::Config, &message));
+                // clap's first line says it all ("error: unexpected argument
+                // '--x' found"); usage and tips stay on stderr.
+                let rendered = e.to_string();
+                let first = rendered.lines().next().unwrap_or_default();
+                let message = first.strip_prefix("error: ").unwrap_or(first);
+                print_json(&error_report(ErrorKind::Config, message));
             }
             return ErrorKind::Config.exit_code();
         }
@@ -117,8 +113,10 @@ pub fn run(args: impl IntoIterator<Item = OsString>, env: Environment) -> u8 {
         })
         .map(|id| id.to_string())
         .collect();
-    logging::init(env.under_journald(), cli.verbose || env.wants_debug());
+    let run_span = logging::init(env.under_journald(), cli.verbose || env.wants_debug());
+    let _in_run = run_span.enter();
     let result = resolve(&cli, given, &env).and_then(|(common, profile)| {
+        logging::note(logging::Context::Profile, profile.name().as_str());
         for warning in &common.warnings {
             tracing::warn!("{warning}");
         }
@@ -139,7 +137,13 @@ pub fn run(args: impl IntoIterator<Item = OsString>, env: Environment) -> u8 {
             0
         }
         Err(error) => {
-            tracing::error!("{error}");
+            tracing::error!(
+                message_id = logging::RESULT_MESSAGE_ID,
+                registration_result = "error",
+                error_kind = error.kind().as_str(),
+                exit_code = error.kind().exit_code(),
+                "{error}"
+            );
             if cli.json {
                 print_json(&error_report(error.kind(), &error.to_string()));
             }

@@ -21,6 +21,7 @@ use std::process::Command;
 const BIN: &str = "lmp-device-register";
 const RECIPE: &str = "yocto-recipe/lmp-device-register-rs_git.bb";
 const UNIT: &str = "systemd/lmp-device-register.service";
+const TMPFILES: &str = "systemd/lmp-device-register.tmpfiles";
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -126,13 +127,13 @@ HSM_MODULE, HSM_PIN and HSM_SOPIN of a PKCS#11 token (mode 0600)
 LMP_FACTORY and LMP_FACTORY_TAG
 .TP
 /var/sota
-keys, certificates and sota.toml written by a registration
+keys, certificates and sota.toml written by a registration (the directory is made at boot by /usr/lib/tmpfiles.d/lmp\-device\-register.conf)
 .TP
 /var/sota/compose\-apps
 the compose apps preloaded in the image
 .TP
 /usr/lib/systemd/system/lmp\-device\-register.service
-first\-boot registration (journalctl \-u lmp\-device\-register)
+first\-boot registration (journalctl \-u lmp\-device\-register; the outcome of every run: journalctl MESSAGE_ID=a6b0462edfb34591aeeb05d885a78cfb, with the fields REGISTRATION_RESULT, DEVICE_UUID, FACTORY, PROFILE, ERROR_KIND and EXIT_CODE)
 .SH "SEE ALSO"
 \fBsystemctl\fR(1), \fBjournalctl\fR(1)
 "#,
@@ -1675,29 +1676,63 @@ fn unit_runs_boot_mode_once_without_secrets_on_its_command_line() {
     let get = |section: &str, key: &str| unit_value(&entries, section, key);
     let list = |section: &str, key: &str| unit_values(&entries, section, key);
 
-    assert_eq!(get("Service", "Type").as_deref(), Some("oneshot"));
+    // The boot goes on while the agent retries (a oneshot would hold
+    // multi-user.target for up to 45 minutes); a success stays "active".
+    assert_eq!(get("Service", "Type").as_deref(), Some("exec"));
     assert!(is_yes(get("Service", "RemainAfterExit")));
     assert_eq!(
         get("Unit", "ConditionPathExists").as_deref(),
         Some("!/var/sota/sql.db")
     );
-    assert!(list("Unit", "After").contains(&"network-online.target".to_string()));
-    assert!(list("Unit", "Wants").contains(&"network-online.target".to_string()));
+    // Waiting for network-online.target would hold the boot for as long as
+    // the wait-online service allows; the agent retries on its own.
+    for key in ["After", "Wants", "Requires"] {
+        assert!(
+            !list("Unit", key).contains(&"network-online.target".to_string()),
+            "{key}=network-online.target holds the boot while the network is down"
+        );
+    }
+    assert!(list("Unit", "After").contains(&"network.target".to_string()));
     for key in ["Requires", "Wants", "Requisite", "BindsTo"] {
         assert!(
             !list("Unit", key).contains(&"systemd-time-wait-sync.service".to_string()),
             "{key}=systemd-time-wait-sync.service can hang forever without NTP"
         );
     }
-    // The agent and fioconfig's aktualizr-toml-update handler start
-    // aktualizr-lite with a blocking systemctl while this unit is starting.
-    assert!(!list("Unit", "Before").contains(&"aktualizr-lite.service".to_string()));
-    let timeout = get("Service", "TimeoutStartSec").expect("a finite TimeoutStartSec");
-    assert!(
-        !matches!(timeout.as_str(), "infinity" | "0"),
-        "TimeoutStartSec={timeout}"
-    );
+    // Ordering against the units that need the registration would only wait
+    // for the agent to start, not for it to finish.
+    for unit in ["aktualizr-lite.service", "fioconfig.service"] {
+        assert!(!list("Unit", "Before").contains(&unit.to_string()));
+    }
+    for key in ["RuntimeMaxSec", "TimeoutStopSec"] {
+        let limit = get("Service", key).unwrap_or_else(|| panic!("a finite {key}"));
+        assert!(!matches!(limit.as_str(), "infinity" | "0"), "{key}={limit}");
+    }
     assert_eq!(list("Install", "WantedBy"), ["multi-user.target"]);
+
+    // Restarted after failures that may pass; never when the same request
+    // would get the same answer.
+    assert_eq!(get("Service", "Restart").as_deref(), Some("on-failure"));
+    let mut final_codes: Vec<u8> = [
+        ErrorKind::Config,
+        ErrorKind::AlreadyRegistered,
+        ErrorKind::Rejected,
+        ErrorKind::BadResponse,
+    ]
+    .map(ErrorKind::exit_code)
+    .to_vec();
+    final_codes.sort();
+    let mut prevented: Vec<u8> = list("Service", "RestartPreventExitStatus")
+        .iter()
+        .map(|c| c.parse().expect("numeric exit codes"))
+        .collect();
+    prevented.sort();
+    assert_eq!(prevented, final_codes);
+    let pause = get("Service", "RestartSec").expect("RestartSec");
+    assert!(
+        pause.ends_with("min") && pause.trim_end_matches("min").parse::<u32>().unwrap() >= 5,
+        "RestartSec={pause}: a fleet must not retry a down server every few seconds"
+    );
 
     // Hardening that would lock out /dev/tee0 (SE050 through OP-TEE).
     assert!(!is_yes(get("Service", "PrivateDevices")));
@@ -1706,10 +1741,11 @@ fn unit_runs_boot_mode_once_without_secrets_on_its_command_line() {
     let writable = list("Service", "ReadWritePaths");
     for path in ["/var/sota", "/run", "/etc"] {
         assert!(
-            writable.contains(&path.to_string()),
+            writable.contains(&path.to_string()) || writable.contains(&format!("-{path}")),
             "ReadWritePaths lacks {path}"
         );
     }
+    assert_eq!(get("Service", "ProtectSystem").as_deref(), Some("strict"));
 
     // ExecStart: the agent in boot mode, nothing secret, and flags the agent
     // itself accepts.
@@ -1732,6 +1768,47 @@ fn unit_runs_boot_mode_once_without_secrets_on_its_command_line() {
         <Cli as clap::Parser>::try_parse_from(argv.iter().copied()).expect("ExecStart parses");
     assert!(cli.boot, "ExecStart must use --boot");
     assert!(cli.api_token.is_none() && cli.hsm_pin.is_none() && cli.hsm_so_pin.is_none());
+}
+
+/// With ProtectSystem=strict the agent cannot make /var/sota itself (and
+/// systemd cannot bind a missing one): tmpfiles.d makes it at boot.
+#[test]
+fn tmpfiles_makes_the_sota_dir_private() {
+    let text = read(TMPFILES);
+    let entries: Vec<Vec<&str>> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(entries, [["d", "/var/sota", "0700", "root", "root", "-"]]);
+    if Command::new("systemd-tmpfiles")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        println!(
+            "NOTICE: systemd-tmpfiles not installed (Debian package: systemd); not applying it"
+        );
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    std::fs::create_dir(root.path().join("var")).unwrap();
+    let output = Command::new("systemd-tmpfiles")
+        .arg("--create")
+        .arg(format!("--root={}", root.path().display()))
+        .arg(repo().join(TMPFILES))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "systemd-tmpfiles: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let sota = std::fs::metadata(root.path().join("var/sota")).unwrap();
+    assert!(sota.is_dir());
+    assert_eq!(sota.permissions().mode() & 0o7777, 0o700);
 }
 
 /// A root for `systemd-analyze --root`: the host's unit files (for

@@ -19,6 +19,7 @@ complete -c lmp-device-register -s l -l mlock-all -d 'Accepted for compatibility
 complete -c lmp-device-register -s m -l hsm-module -d 'PKCS#11 module (.so) of the HSM [default: HSM_MODULE of /etc/sota/hsm]' -r -F
 complete -c lmp-device-register -s P -l hsm-pin -d 'PKCS#11 user PIN (visible in the process list; prefer /etc/sota/hsm)' -r
 complete -c lmp-device-register -s S -l hsm-so-pin -d 'PKCS#11 security officer PIN (visible in the process list; prefer /etc/sota/hsm)' -r
+complete -c lmp-device-register -l manufacturer-id -d 'Losant: the device\'s manufacturer id [default: manufacturer_id in [losant] of the config file, else the MAC address of the first physical network interface]' -r
 complete -c lmp-device-register -l device-api -d 'Registration API endpoint [env: DEVICE_API]' -r
 complete -c lmp-device-register -l oauth-api -d 'OAuth2 base URL for interactive authorisation [env: OAUTH_BASE]' -r
 complete -c lmp-device-register -l cacert -d 'Trust only the CA certificates in this PEM file for HTTPS, instead of the system roots [env: DEVICE_API_CACERT]' -r -F

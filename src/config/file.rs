@@ -25,9 +25,15 @@ impl ConfigFile {
 
     fn parse(path: &Path, text: &str) -> Result<ConfigFile> {
         let bad = |what: String| Error::config(format!("{}: {what}", path.display()));
-        let mut tables: toml::Table = text
-            .parse()
-            .map_err(|e: toml::de::Error| bad(format!("not valid TOML: {}", e.message())))?;
+        let mut tables: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            let line = e.span().map_or(0, |span| {
+                text[..span.start.min(text.len())].matches('\n').count() + 1
+            });
+            bad(format!(
+                "not valid TOML at line {line}: {}",
+                e.message().trim()
+            ))
+        })?;
         let profile = match tables.remove("profile") {
             None => None,
             Some(toml::Value::String(name)) => Some(name),
@@ -64,9 +70,25 @@ impl ConfigFile {
         match self.tables.get(name) {
             None => Ok(T::default()),
             Some(value) => value.clone().try_into().map_err(|e: toml::de::Error| {
-                format!("{} [{name}]: {}", self.path.display(), e.message().trim())
+                format!("{} [{name}]{}", self.path.display(), describe(&e))
             }),
         }
+    }
+}
+
+/// ` key: what is wrong`, or `: what is wrong` when toml names no key (an
+/// unknown key names itself in the message). toml keeps the key of a value
+/// it could not use to itself; only its `Display` ends with "in `key`".
+fn describe(e: &toml::de::Error) -> String {
+    let message = e.message().trim();
+    let shown = e.to_string();
+    match shown
+        .lines()
+        .rev()
+        .find_map(|line| line.strip_prefix("in `")?.strip_suffix('`'))
+    {
+        Some(key) => format!(" {key}: {message}"),
+        None => format!(": {message}"),
     }
 }
 
@@ -115,6 +137,14 @@ mod tests {
         assert!(err.contains("urll"), "{err}");
         let file = parse("[losant]\ntimeout = \"soon\"\n").unwrap();
         let err = file.section::<Section>("losant").unwrap_err();
-        assert!(err.contains("invalid type"), "{err}");
+        assert!(
+            err.starts_with("/etc/x.toml [losant] timeout: invalid type"),
+            "{err}"
+        );
+        let err = parse("profile = \"lmp\"\n\n[lmp\n")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("not valid TOML at line 3"), "{err}");
     }
 }

@@ -12,9 +12,11 @@ mod devicefiles;
 mod file;
 mod hsm;
 
+pub(crate) use devicefiles::parse_shell_vars;
+pub use devicefiles::parse_single_line;
 pub(crate) use devicefiles::{lookup, read_optional, read_secret_optional};
-pub use devicefiles::{parse_shell_vars, parse_single_line};
-pub use hsm::{parse_hsm_file, HsmSettings};
+pub use hsm::parse_hsm_file;
+pub(crate) use hsm::HsmSettings;
 
 use crate::cli::{parse_bool_word, Cli, ProfileName};
 use crate::error::{Error, Result};
@@ -38,7 +40,8 @@ impl Environment {
         )
     }
 
-    pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
+    #[cfg(test)]
+    pub(crate) fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
         Environment(
             pairs
                 .into_iter()
@@ -48,7 +51,7 @@ impl Environment {
     }
 
     /// A set, non-empty variable.
-    pub fn get(&self, key: &str) -> Option<&str> {
+    pub(crate) fn get(&self, key: &str) -> Option<&str> {
         self.0
             .get(key)
             .map(String::as_str)
@@ -57,14 +60,23 @@ impl Environment {
 
     /// systemd connects stdout/stderr of a service to the journal and says so
     /// in `JOURNAL_STREAM`.
-    pub fn under_journald(&self) -> bool {
+    pub(crate) fn under_journald(&self) -> bool {
         self.get("JOURNAL_STREAM").is_some()
     }
 
-    /// `--verbose`, or `RUST_LOG` naming the debug (or trace) level.
-    pub fn wants_debug(&self) -> bool {
-        self.get("RUST_LOG")
-            .is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "debug" | "trace"))
+    /// `RUST_LOG` asks for debug lines: a directive (`debug`,
+    /// `lmp_device_register=debug`, ...) names the debug or trace level.
+    /// Only the level counts; the agent's lines are not split by target.
+    pub(crate) fn wants_debug(&self) -> bool {
+        self.get("RUST_LOG").is_some_and(|value| {
+            value.split(',').any(|directive| {
+                let level = directive.rsplit('=').next().unwrap_or_default();
+                matches!(
+                    level.trim().to_ascii_lowercase().as_str(),
+                    "debug" | "trace"
+                )
+            })
+        })
     }
 }
 
@@ -75,15 +87,14 @@ pub(crate) const OS_RELEASE: &str = "etc/os-release";
 
 /// CA certificates to trust for HTTPS instead of the system roots.
 #[derive(Debug, Clone)]
-pub struct CaBundle {
+pub(crate) struct CaBundle {
     pub path: PathBuf,
     pub certificates: Vec<rustls::pki_types::CertificateDer<'static>>,
 }
 
 /// Settings every profile shares.
 #[derive(Debug)]
-pub struct Common {
-    pub profile: ProfileName,
+pub(crate) struct Common {
     /// First-boot mode (see `--boot`).
     pub boot: bool,
     pub force: bool,
@@ -100,10 +111,10 @@ pub struct Common {
 
 /// A problem that has been recorded already; the caller need not report it.
 #[derive(Debug)]
-pub struct Reported;
+pub(crate) struct Reported;
 
 /// The sources of every setting, and the problems found so far.
-pub struct Resolver<'a> {
+pub(crate) struct Resolver<'a> {
     pub(crate) cli: &'a Cli,
     env: &'a Environment,
     root: PathBuf,
@@ -395,7 +406,6 @@ impl<'a> Resolver<'a> {
             return Err(Error::config(problem_report(&self.problems)));
         }
         Ok(Common {
-            profile,
             boot: cli.boot,
             force: cli.force.unwrap_or(false),
             hsm,
@@ -430,7 +440,7 @@ pub(crate) fn readable_by_others(path: &Path) -> Option<u32> {
 }
 
 /// Splits a comma-separated list, dropping empty entries.
-pub fn split_list(value: &str) -> Vec<String> {
+pub(crate) fn split_list(value: &str) -> Vec<String> {
     value
         .split(',')
         .map(str::trim)
@@ -440,12 +450,18 @@ pub fn split_list(value: &str) -> Vec<String> {
 }
 
 /// An http(s) URL with a host.
-pub fn parse_url(what: &str, value: &str) -> std::result::Result<reqwest::Url, String> {
+pub(crate) fn parse_url(what: &str, value: &str) -> std::result::Result<reqwest::Url, String> {
     let url = reqwest::Url::parse(value)
         .map_err(|e| format!("{what} {value:?} is not a valid URL: {e}"))?;
     if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
         return Err(format!(
             "{what} {value:?} must be an http:// or https:// URL"
+        ));
+    }
+    // URLs are logged; credentials in one would be too.
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(format!(
+            "{what} must not carry a user name or password (URLs are logged; credentials come from the token file)"
         ));
     }
     Ok(url)
@@ -454,6 +470,35 @@ pub fn parse_url(what: &str, value: &str) -> std::result::Result<reqwest::Url, S
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rust_log_asks_for_debug_lines_by_level() {
+        for (value, debug) in [
+            ("debug", true),
+            ("TRACE", true),
+            ("lmp_device_register=debug", true),
+            ("warn,lmp_device_register=debug", true),
+            ("info", false),
+            ("lmp_device_register=info", false),
+            ("", false),
+        ] {
+            let env = Environment::from_pairs([("RUST_LOG", value)]);
+            assert_eq!(env.wants_debug(), debug, "RUST_LOG={value}");
+        }
+    }
+
+    #[test]
+    fn urls_with_credentials_are_refused_without_echoing_them() {
+        assert!(parse_url("DEVICE_API", "https://api.example/ota/devices/").is_ok());
+        for url in [
+            "https://user:hunter2@api.example/",
+            "http://hunter2@api.example/",
+        ] {
+            let err = parse_url("DEVICE_API", url).unwrap_err();
+            assert!(err.contains("user name or password"), "{err}");
+            assert!(!err.contains("hunter2"), "{err}");
+        }
+    }
 
     #[test]
     fn problems_are_listed_one_per_line() {

@@ -17,6 +17,8 @@
 //!   and `Profile::name`.
 
 pub mod lmp;
+#[cfg(feature = "losant")]
+pub mod losant;
 
 use crate::cli::ProfileName;
 use crate::config::{Common, Resolver};
@@ -28,7 +30,7 @@ use std::path::Path;
 
 /// A file a profile asks the flow to store in its state dir.
 #[derive(Clone, Serialize, Deserialize)]
-pub struct StoredFile {
+pub(crate) struct StoredFile {
     pub name: String,
     pub mode: u32,
     pub contents: String,
@@ -61,7 +63,7 @@ impl std::fmt::Debug for StoredFile {
 /// it durably before storing it, so that a failure while storing never
 /// loses a device the fleet already holds.
 #[derive(Debug, Serialize, Deserialize)]
-pub struct Answer {
+pub(crate) struct Answer {
     /// In the order they are installed: whatever starts other services
     /// when it appears comes last.
     pub files: Vec<StoredFile>,
@@ -76,18 +78,29 @@ pub struct Answer {
     pub report: serde_json::Map<String, serde_json::Value>,
 }
 
+/// The fields of a `json!({...})` object, for [`Answer::report`] and
+/// [`Backend::registered_report`].
+pub(crate) fn report_fields(
+    object: serde_json::Value,
+) -> serde_json::Map<String, serde_json::Value> {
+    match object {
+        serde_json::Value::Object(fields) => fields,
+        _ => serde_json::Map::new(),
+    }
+}
+
 /// The outcome of one step after the commit (a program run, a service
 /// started), for the log and `--json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum StepOutcome {
+pub(crate) enum StepOutcome {
     Done,
     Skipped,
     Failed(String),
 }
 
 /// What the flow hands a profile for its network steps.
-pub struct Enrolment<'a> {
+pub(crate) struct Enrolment<'a> {
     pub common: &'a Common,
     /// The device's identity (UUID, manufacturer id, registration id).
     pub id: &'a str,
@@ -124,8 +137,12 @@ pub(crate) trait Backend {
 }
 
 /// The profile this run registers with.
-pub enum Profile {
+// One value per run: the size of its largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Profile {
     Lmp(lmp::Lmp),
+    #[cfg(feature = "losant")]
+    Losant(losant::Losant),
 }
 
 /// Calls the same method on whichever profile this is.
@@ -133,6 +150,8 @@ macro_rules! dispatch {
     ($self:expr, $profile:ident => $body:expr) => {
         match $self {
             Profile::Lmp($profile) => $body,
+            #[cfg(feature = "losant")]
+            Profile::Losant($profile) => $body,
         }
     };
 }
@@ -142,12 +161,16 @@ impl Profile {
     pub fn resolve(r: &mut Resolver<'_>, name: ProfileName) -> Option<Profile> {
         match name {
             ProfileName::Lmp => lmp::Lmp::resolve(r).map(Profile::Lmp),
+            #[cfg(feature = "losant")]
+            ProfileName::Losant => losant::Losant::resolve(r).map(Profile::Losant),
         }
     }
 
     pub fn name(&self) -> ProfileName {
         match self {
             Profile::Lmp(_) => ProfileName::Lmp,
+            #[cfg(feature = "losant")]
+            Profile::Losant(_) => ProfileName::Losant,
         }
     }
 }

@@ -187,22 +187,27 @@ impl Fixture {
         names
     }
 
-    /// Opens this fixture's SoftHSM2 in the test process. SoftHSM2 reads its
-    /// configuration from the environment when it is initialised, so only one
-    /// test at a time can hold it.
+    /// Opens this fixture's SoftHSM2 in the test process.
     pub fn open_softhsm(&self) -> SoftHsm {
-        static LOCK: Mutex<()> = Mutex::new(());
-        let guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-        // Safe under the lock: no other thread of this process reads
-        // SOFTHSM2_CONF, and child processes get theirs explicitly.
-        std::env::set_var("SOFTHSM2_CONF", &self.softhsm_conf);
-        let ctx = Pkcs11::new(MODULE).unwrap();
-        ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
-            .unwrap();
-        SoftHsm {
-            ctx: Some(ctx),
-            _guard: guard,
-        }
+        open_softhsm(&self.softhsm_conf)
+    }
+}
+
+/// Opens the SoftHSM2 that `conf` describes in the test process. SoftHSM2
+/// reads its configuration from the environment when it is initialised, so
+/// only one test at a time can hold it.
+pub fn open_softhsm(conf: &Path) -> SoftHsm {
+    static LOCK: Mutex<()> = Mutex::new(());
+    let guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    // Safe under the lock: no other thread of this process reads
+    // SOFTHSM2_CONF, and child processes get theirs explicitly.
+    std::env::set_var("SOFTHSM2_CONF", conf);
+    let ctx = Pkcs11::new(MODULE).unwrap();
+    ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+        .unwrap();
+    SoftHsm {
+        ctx: Some(ctx),
+        _guard: guard,
     }
 }
 

@@ -250,7 +250,7 @@ pub fn resolve(r: &mut Resolver<'_>) -> Option<LmpSettings> {
         Some(_) | None => {
             if !tag_broken {
                 r.problem(format!(
-                    "missing tag: pass --tags, or provide {} or LMP_FACTORY_TAG in {}",
+                    "missing tag: pass --tags, set tags in [lmp] of the config file, or provide {} or LMP_FACTORY_TAG in {}",
                     tag_path.display(),
                     r.path(crate::config::OS_RELEASE).display()
                 ));
@@ -276,7 +276,7 @@ pub fn resolve(r: &mut Resolver<'_>) -> Option<LmpSettings> {
         }
         _ => {
             r.problem(format!(
-                "missing hardware id: pass --hwid (this build has no HARDWARE_ID default and {} has no LMP_MACHINE)",
+                "missing hardware id: pass --hwid or set hardware_id in [lmp] of the config file (this build has no HARDWARE_ID default and {} has no LMP_MACHINE)",
                 r.path(crate::config::OS_RELEASE).display()
             ));
             None
@@ -367,11 +367,12 @@ pub fn resolve(r: &mut Resolver<'_>) -> Option<LmpSettings> {
         r.origin("api token", "command line");
         Some(token)
     } else {
-        let (path, required) = match (&cli.api_token_file, r.env("TOKEN_FILE"), &table.token_file) {
-            (Some(p), _, _) => (p.clone(), true),
-            (None, Some(p), _) => (PathBuf::from(p), true),
-            (None, None, Some(p)) => (p.clone(), true),
-            (None, None, None) => (r.path(paths::TOKEN_FILE), false),
+        // Where a path that was asked for came from, to say so when it is missing.
+        let (path, asked_by) = match (&cli.api_token_file, r.env("TOKEN_FILE"), &table.token_file) {
+            (Some(p), _, _) => (p.clone(), Some("--api-token-file".to_string())),
+            (None, Some(p), _) => (PathBuf::from(p), Some("environment TOKEN_FILE".to_string())),
+            (None, None, Some(p)) => (p.clone(), Some(key(r, "token_file"))),
+            (None, None, None) => (r.path(paths::TOKEN_FILE), None),
         };
         match r.read_secret(&path) {
             Ok(Some(text)) => match parse_single_line(&text, "the token file") {
@@ -391,8 +392,11 @@ pub fn resolve(r: &mut Resolver<'_>) -> Option<LmpSettings> {
                 }
             },
             Ok(None) => {
-                if required {
-                    r.problem(format!("{}: token file does not exist", path.display()));
+                if let Some(origin) = asked_by {
+                    r.problem(format!(
+                        "{origin}: token file {} does not exist",
+                        path.display()
+                    ));
                 }
                 None
             }

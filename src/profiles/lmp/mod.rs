@@ -3,14 +3,14 @@
 //! objects aktualizr-lite and fioconfig use, then fioconfig's first check-in
 //! and aktualizr-lite.
 
-pub mod answer;
-pub mod api;
-pub mod config;
-pub mod hooks;
+pub(crate) mod answer;
+pub(crate) mod api;
+pub(crate) mod config;
+pub(crate) mod hooks;
 pub mod oauth;
-pub mod p11;
+pub(crate) mod p11;
 
-use super::{Answer, Backend, Enrolment, StepOutcome, StoredFile};
+use super::{report_fields, Answer, Backend, Enrolment, StepOutcome, StoredFile};
 use crate::config::{Common, Resolver};
 use crate::csr::{build_csr_pem, CsrSubject};
 use crate::error::{Error, ErrorKind, Result};
@@ -27,7 +27,7 @@ use std::io::{IsTerminal, Write};
 use std::path::Path;
 
 /// Where aktualizr-lite and fioconfig look for the key and certificate.
-pub const TOKEN_LAYOUT: TokenLayout = TokenLayout {
+pub(crate) const TOKEN_LAYOUT: TokenLayout = TokenLayout {
     token_label: "aktualizr",
     key_label: "tls",
     key_id: "01",
@@ -35,13 +35,13 @@ pub const TOKEN_LAYOUT: TokenLayout = TokenLayout {
     cert_id: "03",
 };
 
-pub const PRIVATE_KEY: &str = "pkey.pem";
+pub(crate) const PRIVATE_KEY: &str = "pkey.pem";
 
 /// Files whose presence means "registered", as the C++ tool decides it:
 /// aktualizr-lite creates `sql.db` on its first run.
 const REGISTERED_MARKERS: &[&str] = &["sql.db", answer::CLIENT_CERT];
 
-pub struct Lmp {
+pub(crate) struct Lmp {
     settings: LmpSettings,
 }
 
@@ -152,6 +152,7 @@ impl Backend for Lmp {
 
     fn announce(&self) {
         let s = &self.settings;
+        crate::logging::note(crate::logging::Context::Factory, &s.factory);
         tracing::info!(
             "registering with factory {} (tag {}, hardware id {}, {}) at {}",
             s.factory,
@@ -183,10 +184,7 @@ impl Backend for Lmp {
             "fioconfig": StepOutcome::Skipped,
             "aktualizr_lite": StepOutcome::Skipped,
         });
-        match report {
-            serde_json::Value::Object(map) => map,
-            _ => serde_json::Map::new(),
-        }
+        report_fields(report)
     }
 
     fn configured_id(&self) -> Option<&str> {
@@ -292,10 +290,7 @@ impl Backend for Lmp {
             obsolete,
             token_certificate: token.map(|_| bundle.files[answer::CLIENT_CERT].clone()),
             summary: format!("registered device {uuid} ({name})"),
-            report: match report {
-                serde_json::Value::Object(map) => map,
-                _ => serde_json::Map::new(),
-            },
+            report: report_fields(report),
         })
     }
 

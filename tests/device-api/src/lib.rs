@@ -1,10 +1,11 @@
 //! A loopback double of the factory registration API (`DEVICE_API`).
 //!
-//! It speaks the wire contract of `shared/DESIGN.md` §3 for real: it verifies
-//! the CSR (signature, algorithm, subject, requested extensions), signs a
-//! client certificate with a test CA (root → intermediate → leaf), builds
-//! `sota.toml` from a base plus the request's overrides, and runs the OAuth
-//! device flow. Tests can script misbehaviour with [`Reply`].
+//! It speaks the wire contract documented in the repository's
+//! `docs/device-api.md` for real: it verifies the CSR (signature, algorithm,
+//! subject, requested extensions), signs a client certificate with a test CA
+//! (root → intermediate → leaf), builds `sota.toml` from a base plus the
+//! request's overrides, and runs the OAuth device flow. Tests can script
+//! misbehaviour with [`Reply`].
 //!
 //! The server runs its own tokio runtime on a background thread, so plain
 //! synchronous tests (that spawn the agent with `std::process::Command`) can
@@ -53,6 +54,7 @@
 //! ```
 
 mod csr;
+pub mod losant;
 mod oauth;
 mod pki;
 mod registration;
@@ -67,6 +69,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
+
+pub use losant::{Losant, LosantDevice, LosantOptions, LosantReply};
 
 /// How the double behaves. Build with `Options { tls: true, ..Default::default() }`.
 #[derive(Clone, Debug)]
@@ -93,6 +97,10 @@ pub struct Options {
     /// How many polls of the OAuth token endpoint answer
     /// `authorization_pending` before the access token is issued.
     pub oauth_pending_polls: u32,
+    /// Where to listen: `127.0.0.1` and an ephemeral port by default. The
+    /// first-boot test listens on a veth address inside a network namespace
+    /// of its own (the address may be on a link that is still down).
+    pub listen: SocketAddr,
 }
 
 impl Default for Options {
@@ -106,6 +114,7 @@ impl Default for Options {
             default_reply: Reply::Sign,
             refuse_connections_for: None,
             oauth_pending_polls: 2,
+            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
         }
     }
 }
@@ -211,7 +220,8 @@ pub struct DeviceApi {
 }
 
 impl DeviceApi {
-    /// Starts the double on `127.0.0.1` and an ephemeral port.
+    /// Starts the double on [`Options::listen`] (`127.0.0.1` and an
+    /// ephemeral port unless told otherwise).
     ///
     /// Panics if the runtime, the socket or the test PKI cannot be set up:
     /// this is test tooling, and there is nothing sensible to recover.
@@ -222,10 +232,15 @@ impl DeviceApi {
             .enable_all()
             .build()
             .expect("device-api: tokio runtime");
-        let socket = tokio::net::TcpSocket::new_v4().expect("device-api: socket");
+        let socket = if opts.listen.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()
+        } else {
+            tokio::net::TcpSocket::new_v6()
+        }
+        .expect("device-api: socket");
         socket
-            .bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
-            .expect("device-api: bind 127.0.0.1");
+            .bind(opts.listen)
+            .unwrap_or_else(|e| panic!("device-api: bind {}: {e}", opts.listen));
         let addr = socket.local_addr().expect("device-api: local_addr");
 
         let scheme = if opts.tls { "https" } else { "http" };
