@@ -812,6 +812,21 @@ fn recipe_builds_this_tree_with_its_defaults() {
     for (generated, _) in generated_files() {
         assert!(installed.contains(&generated), "{generated} not installed");
     }
+    // Everything in systemd/ reaches the image, the tmpfiles entry where
+    // systemd-tmpfiles reads it at boot.
+    for entry in std::fs::read_dir(repo().join("systemd")).unwrap() {
+        let file = format!("systemd/{}", entry.unwrap().file_name().to_string_lossy());
+        assert!(installed.contains(&file.as_str()), "{file} not installed");
+    }
+    assert!(
+        install.contains(&format!(
+            "${{S}}/{TMPFILES} \\\n\t\t${{D}}${{nonarch_libdir}}/tmpfiles.d/lmp-device-register.conf"
+        )),
+        "{TMPFILES} must become /usr/lib/tmpfiles.d/lmp-device-register.conf"
+    );
+    assert!(recipe
+        .words("FILES:${PN}")
+        .contains(&"${nonarch_libdir}/tmpfiles.d/lmp-device-register.conf".to_string()));
     for file in installed {
         assert!(
             repo().join(file).is_file(),

@@ -137,6 +137,10 @@ lmp_device_register_rs_check_settings[eventmask] = "bb.event.RecipePreFinalise"
 do_install:append() {
 	install -d ${D}${systemd_system_unitdir}
 	install -m 0644 ${S}/systemd/lmp-device-register.service ${D}${systemd_system_unitdir}/
+	# /var/sota, made at boot: the unit's sandbox keeps the agent from making it.
+	install -d ${D}${nonarch_libdir}/tmpfiles.d
+	install -m 0644 ${S}/systemd/lmp-device-register.tmpfiles \
+		${D}${nonarch_libdir}/tmpfiles.d/lmp-device-register.conf
 	if [ "${@bb.utils.to_boolean(d.getVar('LMP_DEVICE_REGISTER_USE_HOSTNAME'), False)}" = "True" ]; then
 		install -d ${D}${systemd_system_unitdir}/lmp-device-register.service.d
 		printf '[Service]\nEnvironment=USE_HOSTNAME=1\n' \
@@ -158,7 +162,8 @@ do_install:append() {
 
 SYSTEMD_SERVICE:${PN} = "lmp-device-register.service"
 SYSTEMD_AUTO_ENABLE:${PN} = "enable"
-FILES:${PN} += "${systemd_system_unitdir}/lmp-device-register.service.d"
+FILES:${PN} += "${systemd_system_unitdir}/lmp-device-register.service.d \
+    ${nonarch_libdir}/tmpfiles.d/lmp-device-register.conf"
 
 # Completions in packages of their own (an image with the bash-completion-pkgs
 # feature picks up the bash one). Not "inherit bash-completion": that class
