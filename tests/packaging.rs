@@ -867,8 +867,9 @@ fn recipe_fetches_this_project_from_a_named_repository_at_a_pinned_commit() {
         Some("main")
     );
 
-    // No repository is built in: not the C++ tool's, not any other. The
-    // recipe is skipped, saying what to set, until a layer sets one.
+    // No repository is built in: not the C++ tool's, not any other. Parsing
+    // stops, saying what to set, until a layer sets one (a skipped recipe
+    // would let BitBake fall back to meta-lmp's C++ tool without a word).
     assert_eq!(recipe.value(REPOSITORY).as_deref(), Some(""));
     let text = read(RECIPE);
     for cxx in [
@@ -881,9 +882,10 @@ fn recipe_fetches_this_project_from_a_named_repository_at_a_pinned_commit() {
     let handler = recipe.function(check);
     assert!(
         handler.contains(&format!("d.getVar(\"{REPOSITORY}\")"))
-            && handler.contains("raise bb.parse.SkipRecipe(")
+            && handler.contains("bb.fatal(")
+            && !handler.contains("SkipRecipe")
             && handler.contains(&format!("\"{REPOSITORY} is not set")),
-        "the parse-time check must skip the recipe, naming {REPOSITORY}:\n{handler}"
+        "the parse-time check must stop the parse, naming {REPOSITORY}:\n{handler}"
     );
     assert!(recipe
         .statements

@@ -35,8 +35,8 @@ PV = "0.1.0+git"
 # This project's git repository, as a BitBake git URL without a branch, e.g.
 #   LMP_DEVICE_REGISTER_RS_GIT = "git://git.example.com/lmp-device-register-rs.git;protocol=https"
 # Set it where the recipe is carried (the layer's bbappend, distro or
-# local.conf). It has no default: until it is set the recipe is skipped, and
-# BitBake says why when an image asks for it (see the check below).
+# local.conf). It has no default: parsing stops with a message saying what to
+# set until it is set (see the check below).
 LMP_DEVICE_REGISTER_RS_GIT ??= ""
 LMP_DEVICE_REGISTER_RS_BRANCH ??= "main"
 SRC_URI = "${LMP_DEVICE_REGISTER_RS_GIT};branch=${LMP_DEVICE_REGISTER_RS_BRANCH}"
@@ -108,28 +108,28 @@ LMP_AUTO_REGISTER_USE_HOSTNAME ??= ""
 LMP_DEVICE_REGISTER_USE_HOSTNAME ??= "${LMP_AUTO_REGISTER_USE_HOSTNAME}"
 
 # Runs when the recipe is parsed, before any class reads SRC_URI. A missing
-# repository or a value the recipe does not understand skips the recipe with
-# the reason, which BitBake prints when something asks for the recipe
-# ("... was skipped: LMP_DEVICE_REGISTER_RS_GIT is not set ..."); a skipped
-# recipe does not break builds of images that do not use it.
+# repository or a value the recipe does not understand stops the parse with
+# a message saying what to set. Not a SkipRecipe: with meta-lmp in the layer
+# stack, BitBake would then quietly build the C++ lmp-device-register for
+# images that ask for it, PREFERRED_RPROVIDER notwithstanding.
 python lmp_device_register_rs_check_settings() {
     repository = d.getVar("LMP_DEVICE_REGISTER_RS_GIT")
     if not repository:
-        raise bb.parse.SkipRecipe(
+        bb.fatal(
             "LMP_DEVICE_REGISTER_RS_GIT is not set: set it to the git URL of the "
             "Rust lmp-device-register, e.g. LMP_DEVICE_REGISTER_RS_GIT = "
             "\"git://git.example.com/lmp-device-register-rs.git;protocol=https\" "
             "(SRCREV pins the commit, LMP_DEVICE_REGISTER_RS_BRANCH names its branch)")
     if not repository.startswith("git://") or ";branch=" in repository:
-        raise bb.parse.SkipRecipe(
+        bb.fatal(
             "LMP_DEVICE_REGISTER_RS_GIT = \"%s\": expected a git:// URL without "
             ";branch= (LMP_DEVICE_REGISTER_RS_BRANCH names the branch)" % repository)
-    for var in ("LMP_DEVICE_REGISTER_USE_HOSTNAME", "LMP_AUTO_REGISTER_USE_HOSTNAME"):
+    # The old name first: a value set there shows up under the new one too.
+    for var in ("LMP_AUTO_REGISTER_USE_HOSTNAME", "LMP_DEVICE_REGISTER_USE_HOSTNAME"):
         try:
             bb.utils.to_boolean(d.getVar(var), False)
         except ValueError:
-            raise bb.parse.SkipRecipe(
-                "%s = \"%s\": expected 1/yes/true or 0/no/false" % (var, d.getVar(var)))
+            bb.fatal("%s = \"%s\": expected 1/yes/true or 0/no/false" % (var, d.getVar(var)))
 }
 addhandler lmp_device_register_rs_check_settings
 lmp_device_register_rs_check_settings[eventmask] = "bb.event.RecipePreFinalise"

@@ -1,7 +1,7 @@
 # Factory settings for lmp-device-register-rs (meta-subscriber-overrides).
 
-# Where this recipe fetches the agent from (required; the recipe is skipped
-# while it is unset). SRCREV in the recipe pins the commit.
+# Where this recipe fetches the agent from (required: parsing stops while it
+# is unset). SRCREV in the recipe pins the commit.
 LMP_DEVICE_REGISTER_RS_GIT = "git://git.example.com/lmp-device-register-rs.git;protocol=https"
 
 # Every device registered by this image is a production device.
