@@ -13,6 +13,12 @@ pub enum ProfileName {
     /// Losant dynamic registration: a registration JWT and a manufacturer id.
     #[cfg(feature = "losant")]
     Losant,
+    /// TII fleet management: a provisioning server signs the CSR, then NATS registration over mutual TLS.
+    #[cfg(feature = "tii")]
+    Tii,
+    /// Azure IoT Hub Device Provisioning Service: a certificate from the factory, then DPS with it.
+    #[cfg(feature = "azure-dps")]
+    AzureDps,
 }
 
 impl ProfileName {
@@ -21,6 +27,10 @@ impl ProfileName {
             ProfileName::Lmp => "lmp",
             #[cfg(feature = "losant")]
             ProfileName::Losant => "losant",
+            #[cfg(feature = "tii")]
+            ProfileName::Tii => "tii",
+            #[cfg(feature = "azure-dps")]
+            ProfileName::AzureDps => "azure-dps",
         }
     }
 

@@ -172,4 +172,52 @@ mod tests {
             0
         );
     }
+
+    /// TII's device names are longer than RFC 5280's upper bound for a
+    /// common name (64); rcgen writes them as they are (UTF8String), and the
+    /// request must still parse and verify, for EC and RSA keys alike.
+    #[test]
+    fn a_common_name_longer_than_64_characters_is_written_as_it_is() {
+        let cn = "/Finland~Solita/fleet/0b3c9c7e8f6a4d1e9a432f5a1c0d9e77/registration_agent";
+        assert_eq!(cn.len(), 73);
+        for algorithm in [
+            crate::keys::KeyAlgorithm::EcP256,
+            crate::keys::KeyAlgorithm::Rsa2048,
+        ] {
+            let key = crate::keys::SoftwareKey::generate(algorithm).unwrap();
+            let pem = build_csr_pem(
+                &key,
+                &CsrSubject {
+                    common_name: cn,
+                    organizational_unit: None,
+                    production: false,
+                },
+            )
+            .unwrap();
+            let der = parse(&pem);
+            let (rest, csr) = X509CertificationRequest::from_der(&der).unwrap();
+            assert!(rest.is_empty());
+            csr.verify_signature().unwrap();
+            let expected = match algorithm {
+                crate::keys::KeyAlgorithm::EcP256 => {
+                    x509_parser::oid_registry::OID_SIG_ECDSA_WITH_SHA256
+                }
+                crate::keys::KeyAlgorithm::Rsa2048 => {
+                    x509_parser::oid_registry::OID_PKCS1_SHA256WITHRSA
+                }
+            };
+            assert_eq!(csr.signature_algorithm.algorithm, expected);
+            let names: Vec<_> = csr
+                .certification_request_info
+                .subject
+                .iter_common_name()
+                .collect();
+            assert_eq!(names.len(), 1);
+            assert_eq!(names[0].as_str().unwrap(), cn);
+            assert_eq!(
+                names[0].attr_value().tag(),
+                x509_parser::der_parser::asn1_rs::Tag::Utf8String
+            );
+        }
+    }
 }

@@ -3,6 +3,12 @@
 //! existing registration, pick the identity (resuming an unfinished one),
 //! let the profile talk to its service, record the answer, store it, and
 //! run what follows; keep or discard the pending identity when it fails.
+//!
+//! A profile whose registration has two stages (a certificate from the
+//! factory, then a service that may not accept the device yet) has the first
+//! stage stored through the [`Checkpoint`]: from then on the stored files and
+//! key are the identity, later runs continue with them, and no failure
+//! discards them.
 
 use crate::clock;
 use crate::config::Common;
@@ -11,10 +17,11 @@ use crate::identity::{self, Pending};
 use crate::keys::pkcs11::{Module, Token};
 use crate::keys::{DeviceKey, KeySpec, SoftwareKey};
 use crate::logging::{self, Context};
-use crate::profiles::{Answer, Backend, Enrolment, Profile};
+use crate::profiles::{Answer, Backend, Checkpoint, Enrolment, Profile, StoredFile};
 use crate::secret::Secret;
 use crate::store::{self, PRIVATE_MODE};
 use serde_json::{Map, Value};
+use std::cell::{Cell, RefCell};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -36,14 +43,24 @@ impl Outcome {
         self.0.extend(fields);
         self
     }
+
+    /// `files` begins with what a checkpoint of this run stored.
+    fn after_checkpoint(mut self, stored: Vec<String>) -> Outcome {
+        if let Some(Value::Array(files)) = self.0.get_mut("files") {
+            files.splice(0..0, stored.into_iter().map(Value::from));
+        }
+        self
+    }
 }
 
 /// The device being registered: its id and key, and whether they come from
-/// an unfinished earlier attempt.
+/// an unfinished earlier attempt, or from the first stage an earlier run
+/// stored.
 struct Identity {
     id: String,
     key: Option<DeviceKey>,
     resumed: bool,
+    stored: bool,
 }
 
 pub async fn register(common: &Common, profile: &Profile) -> Result<Outcome> {
@@ -124,8 +141,20 @@ pub async fn register(common: &Common, profile: &Profile) -> Result<Outcome> {
         (Some(module), Some(spec)) => Some(module.open_token(spec.token.clone())?),
         _ => None,
     };
-    let mut identity =
-        choose_identity(common, profile, key_spec.as_ref(), pending, token.as_ref())?;
+    let stored = if common.force {
+        None
+    } else {
+        profile.stored_identity()
+    };
+    let mut identity = choose_identity(
+        common,
+        profile,
+        &dir,
+        key_spec.as_ref(),
+        pending,
+        stored,
+        token.as_ref(),
+    )?;
     logging::note(Context::DeviceUuid, &identity.id);
     if !identity.resumed {
         let software_key = identity.key.as_ref().and_then(DeviceKey::private_pem);
@@ -137,18 +166,40 @@ pub async fn register(common: &Common, profile: &Profile) -> Result<Outcome> {
         token.keep_created();
     }
 
+    let checkpoint = IdentityStore {
+        dir: &dir,
+        id: &identity.id,
+        key_file: key_spec.as_ref().map(|spec| spec.file),
+        software_key: match identity.stored {
+            true => None,
+            false => identity.key.as_ref().and_then(DeviceKey::private_pem),
+        },
+        replaced: profile.markers(),
+        key_in_token: matches!(identity.key, Some(DeviceKey::Token(_))),
+        stored: Cell::new(identity.stored),
+        written: RefCell::new(Vec::new()),
+    };
     let enrolled = profile
         .enrol(Enrolment {
             common,
             id: &identity.id,
             key: identity.key.as_ref(),
             resumed: identity.resumed,
+            stored: identity.stored,
+            checkpoint: &checkpoint,
         })
         .await;
+    let stored = checkpoint.stored.get();
     let answer = match enrolled {
         Ok(answer) => answer,
         Err(error) => {
-            if keep_identity_after(&error) {
+            if stored {
+                tracing::info!(
+                    "kept the identity of {}, stored in {}, for the next attempt",
+                    identity.id,
+                    dir.display()
+                );
+            } else if keep_identity_after(&error) {
                 tracing::info!("kept the identity of {} for the next attempt", identity.id);
             } else {
                 discard(&dir, token.as_deref());
@@ -157,13 +208,105 @@ pub async fn register(common: &Common, profile: &Profile) -> Result<Outcome> {
         }
     };
     // From here on the fleet holds the device: every failure keeps it.
+    if stored {
+        // A stored identity has no journal; the answer needs one to be
+        // finished by the next run should storing it fail. Its key is in
+        // place already.
+        identity::begin(&dir, &identity.id, None).map_err(|e| accepted_but(e, &identity.id))?;
+    }
     identity::record_answer(&dir, &answer).map_err(|e| accepted_but(e, &identity.id))?;
-    let software_key = identity.key.as_ref().and_then(DeviceKey::private_pem);
+    // A stored identity's key file is in place already.
+    let software_key = match stored {
+        true => None,
+        false => identity.key.as_ref().and_then(DeviceKey::private_pem),
+    };
+    let checkpointed = checkpoint.written.take();
+    drop(checkpoint);
     let id = std::mem::take(&mut identity.id);
     // The key (and with it, soon, the token session) is closed before
     // anything else runs.
     drop(identity);
     finish(profile, &dir, &id, key_spec, token, software_key, answer)
+        .map(|outcome| outcome.after_checkpoint(checkpointed))
+}
+
+/// The flow's side of the [`Checkpoint`]: installs a first stage with the
+/// key file, after which the journal is no longer needed.
+// A build without two-stage profiles never calls it.
+#[cfg_attr(not(feature = "azure-dps"), allow(dead_code))]
+struct IdentityStore<'a> {
+    dir: &'a Path,
+    id: &'a str,
+    key_file: Option<&'static str>,
+    software_key: Option<Secret>,
+    /// Markers of a registration that `--force` replaces: they describe
+    /// another identity once this one is stored.
+    replaced: &'static [&'static str],
+    /// A key file left by an identity made in software is not this one's.
+    key_in_token: bool,
+    stored: Cell<bool>,
+    /// What it stored, for `--json`.
+    written: RefCell<Vec<String>>,
+}
+
+impl Checkpoint for IdentityStore<'_> {
+    fn store_identity(&self, files: Vec<StoredFile>) -> Result<()> {
+        if self.stored.get() {
+            return Err(Error::internal("the identity is stored already"));
+        }
+        let mut entries = Vec::new();
+        if let (Some(name), Some(pem)) = (self.key_file, &self.software_key) {
+            entries.push(store::Entry {
+                name,
+                contents: pem.expose().as_bytes(),
+                mode: PRIVATE_MODE,
+            });
+        }
+        for file in &files {
+            entries.push(store::Entry {
+                name: &file.name,
+                contents: file.contents.as_bytes(),
+                mode: file.mode,
+            });
+        }
+        let replaced = store::present(self.dir, self.replaced);
+        if !replaced.is_empty() {
+            tracing::warn!(
+                "--force: the registration in {} ({}) is replaced by the new identity {}",
+                self.dir.display(),
+                replaced.join(", "),
+                self.id
+            );
+        }
+        let mut obsolete = self.replaced.to_vec();
+        if let (true, Some(name)) = (self.key_in_token, self.key_file) {
+            obsolete.push(name);
+        }
+        store::install(self.dir, &entries, &obsolete).map_err(|e| {
+            // The journal still holds the identity: the next run asks again
+            // with the same id and key.
+            Error::new(
+                e.kind(),
+                format!("{e}; the identity of {} is kept for the next run", self.id),
+            )
+            .with_outcome_unknown()
+        })?;
+        self.stored.set(true);
+        // A journal left behind (this removal failing) names the stored
+        // identity, which the next run prefers to it.
+        if let Err(e) = identity::remove(self.dir) {
+            tracing::warn!("{e}");
+        }
+        let names: Vec<String> = entries.iter().map(|e| e.name.to_string()).collect();
+        tracing::info!(
+            "stored the identity of {} ({}) in {}",
+            self.id,
+            names.join(", "),
+            self.dir.display()
+        );
+        *self.written.borrow_mut() = names;
+        Ok(())
+    }
 }
 
 /// A local failure after the server accepted: the next run completes it.
@@ -279,15 +422,57 @@ fn finish_accepted(
     finish(profile, dir, &id, key_spec, token, software_key, answer)
 }
 
-/// The identity to register: the one of an unfinished earlier attempt when
-/// there is one (so the server never sees two devices), else a new one.
+/// The identity to register: the one an earlier run stored, or the one of
+/// an unfinished earlier attempt (so the server never sees two devices),
+/// else a new one.
 fn choose_identity(
     common: &Common,
     profile: &Profile,
+    dir: &Path,
     key_spec: Option<&KeySpec>,
     pending: Option<Pending>,
+    stored: Option<String>,
     token: Option<&Arc<Token>>,
 ) -> Result<Identity> {
+    let stored = match (stored, &pending) {
+        // A journal for another id is a newer attempt (one made with
+        // --force) that has not stored its first stage yet.
+        (Some(id), Some(newer)) if newer.id != id => {
+            tracing::info!(
+                "the unfinished registration of {} is newer than the identity {id} stored in {}",
+                newer.id,
+                dir.display()
+            );
+            None
+        }
+        (stored, _) => stored,
+    };
+    if let Some(id) = stored {
+        if let Some(wanted) = profile.configured_id().filter(|wanted| *wanted != id) {
+            return Err(Error::config(format!(
+                "{} holds the identity of {id}, but the configuration asks for {wanted}; run with --force to replace it with a new identity",
+                dir.display()
+            )));
+        }
+        let key = stored_key(dir, &id, key_spec, token)?;
+        if pending.is_some() {
+            // The same id: left by a run stopped just after storing it.
+            if let Err(e) = identity::remove(dir) {
+                tracing::warn!("{e}");
+            }
+        }
+        tracing::info!(
+            "continuing with the identity {id} stored in {}",
+            dir.display()
+        );
+        return Ok(Identity {
+            id,
+            key,
+            resumed: true,
+            stored: true,
+        });
+    }
+
     let earlier = match pending {
         Some(earlier) if common.force => {
             tracing::warn!(
@@ -322,10 +507,12 @@ fn choose_identity(
     if let Some(earlier) = earlier {
         let key = match (key_spec, token, &earlier.software_key) {
             (None, _, _) => Some(None),
-            (Some(_), None, Some(pem)) => {
-                Some(Some(DeviceKey::Software(SoftwareKey::from_pem(pem)?)))
-            }
-            (Some(_), Some(token), _) => token.existing_key()?.map(|k| Some(DeviceKey::Token(k))),
+            (Some(spec), None, Some(pem)) => Some(Some(DeviceKey::Software(
+                SoftwareKey::from_pem(pem, spec.algorithm)?,
+            ))),
+            (Some(spec), Some(token), _) => token
+                .existing_key(spec.algorithm)?
+                .map(|k| Some(DeviceKey::Token(k))),
             (Some(_), None, None) => None,
         };
         match key {
@@ -335,6 +522,7 @@ fn choose_identity(
                     id: earlier.id,
                     key,
                     resumed: true,
+                    stored: false,
                 });
             }
             None => tracing::warn!(
@@ -347,14 +535,56 @@ fn choose_identity(
     let id = profile.new_id(token.map(|t| t.as_ref()));
     let key = match (key_spec, token) {
         (None, _) => None,
-        (Some(_), Some(token)) => Some(DeviceKey::Token(token.create_key(common.force)?)),
-        (Some(_), None) => Some(DeviceKey::Software(SoftwareKey::generate()?)),
+        (Some(spec), Some(token)) => Some(DeviceKey::Token(
+            token.create_key(spec.algorithm, common.force)?,
+        )),
+        (Some(spec), None) => Some(DeviceKey::Software(SoftwareKey::generate(spec.algorithm)?)),
     };
     Ok(Identity {
         id,
         key,
         resumed: false,
+        stored: false,
     })
+}
+
+/// The key of a stored identity: the key file beside its files, or the key
+/// in the token.
+fn stored_key(
+    dir: &Path,
+    id: &str,
+    key_spec: Option<&KeySpec>,
+    token: Option<&Arc<Token>>,
+) -> Result<Option<DeviceKey>> {
+    let Some(spec) = key_spec else {
+        return Ok(None);
+    };
+    let missing = |where_: String| {
+        Error::config(format!(
+            "{} holds the identity of {id}, but its key is missing ({where_}); run with --force to make a new identity",
+            dir.display()
+        ))
+    };
+    if let Some(token) = token {
+        return match token.existing_key(spec.algorithm)? {
+            Some(key) => Ok(Some(DeviceKey::Token(key))),
+            None => Err(missing(format!(
+                "PKCS#11 token {} has no `{}` key; was it made in software?",
+                spec.token.token_label, spec.token.key_label
+            ))),
+        };
+    }
+    let path = dir.join(spec.file);
+    match crate::config::read_secret_optional(&path)? {
+        Some(pem) => Ok(Some(DeviceKey::Software(SoftwareKey::from_pem(
+            &Secret::new(pem),
+            spec.algorithm,
+        )?))),
+        None => Err(missing(format!(
+            "no {}; if it is in a PKCS#11 token, configure the HSM (/etc/sota/hsm or -m/-P/-S)",
+            path.display()
+        ))),
+    }
 }
 
 /// Whether the identity of a failed attempt must be kept for the next run:

@@ -252,7 +252,7 @@ pub fn transport_error(error: reqwest::Error) -> HttpError {
 
 /// Whether a rustls error is somewhere in the chain. io::Error hides the
 /// error it wraps from `source()`, and hyper nests io::Errors, so look inside.
-fn caused_by_tls(error: &(dyn std::error::Error + 'static)) -> bool {
+pub(crate) fn caused_by_tls(error: &(dyn std::error::Error + 'static)) -> bool {
     if error.is::<rustls::Error>() {
         return true;
     }

@@ -21,6 +21,17 @@ pub fn pem_certificates(text: &str) -> Result<Vec<CertificateDer<'static>>, Stri
     Ok(ders)
 }
 
+/// Certificates as PEM text, one block after the other (LF line ends).
+// The profiles that store certificates they were sent re-encoded need it;
+// an LmP-only build has none of them.
+#[cfg_attr(not(feature = "tii"), allow(dead_code))]
+pub fn to_pem(ders: &[CertificateDer<'_>]) -> String {
+    let config = ::pem::EncodeConfig::new().set_line_ending(::pem::LineEnding::LF);
+    ders.iter()
+        .map(|der| ::pem::encode_config(&::pem::Pem::new("CERTIFICATE", der.as_ref()), config))
+        .collect()
+}
+
 /// Like [`pem_certificates`], but at least one is required.
 pub fn require_certificates(text: &str) -> Result<Vec<CertificateDer<'static>>, String> {
     let ders = pem_certificates(text)?;
@@ -135,6 +146,7 @@ mod tests {
         let text = format!("{}{}", leaf.pem(), root.pem());
         let ders = require_certificates(&text).unwrap();
         assert_eq!(ders.len(), 2);
+        assert_eq!(to_pem(&ders), text);
         assert_eq!(common_name(&ders[0]).as_deref(), Some("device-1"));
         assert!(certifies_key(&ders[0], leaf_key.der_bytes()));
         assert!(!certifies_key(&ders[1], leaf_key.der_bytes()));

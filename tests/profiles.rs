@@ -270,6 +270,17 @@ fn a_build_without_losant_says_so() {
         .assert_says("this build has no losant profile");
 }
 
+#[cfg(not(feature = "tii"))]
+#[test]
+fn a_build_without_tii_says_so() {
+    let board = Board::bare();
+    let mut cmd = board.command();
+    cmd.args(["--profile", "tii"]);
+    Board::output(cmd)
+        .assert_code(2)
+        .assert_says("this build has no tii profile (it was built without the cargo feature tii)");
+}
+
 /// The example in examples/ is what the README shows: the agent reads it.
 #[cfg(feature = "losant")]
 #[test]

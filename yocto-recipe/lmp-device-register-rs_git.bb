@@ -74,6 +74,8 @@ PACKAGECONFIG ??= "composeapp losant tii azure-dps"
 PACKAGECONFIG[losant] = "--features losant,,"
 PACKAGECONFIG[tii] = "--features tii,,"
 PACKAGECONFIG[azure-dps] = "--features azure-dps,,"
+# RSA keys in software; tii turns it on by itself.
+PACKAGECONFIG[software-rsa] = "--features software-rsa,,"
 
 # Build-time defaults, read with option_env! by the agent. Names of the
 # C++ recipe's variables, so existing factory bbappends keep working.

@@ -16,9 +16,13 @@
 //! - a `Profile::Foo` variant, its arm in `dispatch!`, `Profile::resolve`
 //!   and `Profile::name`.
 
+#[cfg(feature = "azure-dps")]
+pub mod azure_dps;
 pub mod lmp;
 #[cfg(feature = "losant")]
 pub mod losant;
+#[cfg(feature = "tii")]
+pub mod tii;
 
 use crate::cli::ProfileName;
 use crate::config::{Common, Resolver};
@@ -108,6 +112,29 @@ pub(crate) struct Enrolment<'a> {
     pub key: Option<&'a DeviceKey>,
     /// The identity comes from an earlier, unfinished attempt.
     pub resumed: bool,
+    /// The identity is the one an earlier run stored through the
+    /// [`Checkpoint`] ([`Backend::stored_identity`]): its files are in the
+    /// state dir.
+    // Only the profiles that register in two stages read these two.
+    #[cfg_attr(not(feature = "azure-dps"), allow(dead_code))]
+    pub stored: bool,
+    /// Stores the first stage of a registration that has two.
+    #[cfg_attr(not(feature = "azure-dps"), allow(dead_code))]
+    pub checkpoint: &'a dyn Checkpoint,
+}
+
+/// For registrations in two stages, where the first stage's result must
+/// outlive a failure of the second (a certificate from the factory, then a
+/// service that may not know the device yet): the flow stores the first
+/// stage's files at once, with the device key.
+#[cfg_attr(not(feature = "azure-dps"), allow(dead_code))]
+pub(crate) trait Checkpoint {
+    /// Installs `files` (and a software key) in the state dir now. From then
+    /// on they are the device's identity: the flow never discards it, and
+    /// later runs continue with it ([`Backend::stored_identity`]) until a
+    /// run with `--force`. An error means nothing is stored and the identity
+    /// is kept pending, as after an unknown outcome.
+    fn store_identity(&self, files: Vec<StoredFile>) -> Result<()>;
 }
 
 /// One fleet backend.
@@ -130,6 +157,12 @@ pub(crate) trait Backend {
     fn configured_id(&self) -> Option<&str>;
     /// A new identity, when there is no pending one.
     fn new_id(&self, token: Option<&Token>) -> String;
+    /// The id of an identity stored by an earlier run through the
+    /// [`Checkpoint`] (its first-stage files are in the state dir, and a
+    /// software key beside them), which this run continues.
+    fn stored_identity(&self) -> Option<String> {
+        None
+    }
     /// The network steps: what the server accepted, ready to store.
     async fn enrol(&self, enrolment: Enrolment<'_>) -> Result<Answer>;
     /// Steps after the commit (the key and token are closed by then).
@@ -143,6 +176,10 @@ pub(crate) enum Profile {
     Lmp(lmp::Lmp),
     #[cfg(feature = "losant")]
     Losant(losant::Losant),
+    #[cfg(feature = "tii")]
+    Tii(tii::Tii),
+    #[cfg(feature = "azure-dps")]
+    AzureDps(azure_dps::AzureDps),
 }
 
 /// Calls the same method on whichever profile this is.
@@ -152,6 +189,10 @@ macro_rules! dispatch {
             Profile::Lmp($profile) => $body,
             #[cfg(feature = "losant")]
             Profile::Losant($profile) => $body,
+            #[cfg(feature = "tii")]
+            Profile::Tii($profile) => $body,
+            #[cfg(feature = "azure-dps")]
+            Profile::AzureDps($profile) => $body,
         }
     };
 }
@@ -163,6 +204,10 @@ impl Profile {
             ProfileName::Lmp => lmp::Lmp::resolve(r).map(Profile::Lmp),
             #[cfg(feature = "losant")]
             ProfileName::Losant => losant::Losant::resolve(r).map(Profile::Losant),
+            #[cfg(feature = "tii")]
+            ProfileName::Tii => tii::Tii::resolve(r).map(Profile::Tii),
+            #[cfg(feature = "azure-dps")]
+            ProfileName::AzureDps => azure_dps::AzureDps::resolve(r).map(Profile::AzureDps),
         }
     }
 
@@ -171,6 +216,10 @@ impl Profile {
             Profile::Lmp(_) => ProfileName::Lmp,
             #[cfg(feature = "losant")]
             Profile::Losant(_) => ProfileName::Losant,
+            #[cfg(feature = "tii")]
+            Profile::Tii(_) => ProfileName::Tii,
+            #[cfg(feature = "azure-dps")]
+            Profile::AzureDps(_) => ProfileName::AzureDps,
         }
     }
 }
@@ -199,6 +248,9 @@ impl Backend for Profile {
     }
     fn new_id(&self, token: Option<&Token>) -> String {
         dispatch!(self, p => p.new_id(token))
+    }
+    fn stored_identity(&self) -> Option<String> {
+        dispatch!(self, p => p.stored_identity())
     }
     async fn enrol(&self, enrolment: Enrolment<'_>) -> Result<Answer> {
         dispatch!(self, p => p.enrol(enrolment).await)

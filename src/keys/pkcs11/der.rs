@@ -1,5 +1,6 @@
 //! Encodings at the PKCS#11 boundary: CKA_ID strings, the P-256 curve
-//! parameters, EC points and ECDSA signatures.
+//! parameters, EC points and ECDSA signatures, RSA public keys and the
+//! DigestInfo that CKM_RSA_PKCS signs.
 
 /// The CKA_ID bytes for an id string of a configuration file, parsed as
 /// fioconfig parses them.
@@ -47,6 +48,29 @@ pub fn ec_point(value: &[u8]) -> Option<Vec<u8>> {
         Err(_) => value.to_vec(),
     };
     (point.len() == 65 && point[0] == 0x04).then_some(point)
+}
+
+/// PKCS#1 RSAPublicKey from CKA_MODULUS and CKA_PUBLIC_EXPONENT (unsigned
+/// big-endian), the form rcgen and ring take RSA public keys in.
+pub fn rsa_public_key(modulus: &[u8], exponent: &[u8]) -> Vec<u8> {
+    yasna::construct_der(|w| {
+        w.write_sequence(|w| {
+            w.next().write_bigint_bytes(modulus, true);
+            w.next().write_bigint_bytes(exponent, true);
+        })
+    })
+}
+
+/// DER DigestInfo of a SHA-256 digest (RFC 8017, 9.2): what CKM_RSA_PKCS
+/// pads and signs for an RSASSA-PKCS1-v1_5 SHA-256 signature.
+pub fn sha256_digest_info(digest: &[u8]) -> Vec<u8> {
+    const SHA256_PREFIX: [u8; 19] = [
+        0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01,
+        0x05, 0x00, 0x04, 0x20,
+    ];
+    let mut info = SHA256_PREFIX.to_vec();
+    info.extend_from_slice(digest);
+    info
 }
 
 #[cfg(test)]
@@ -100,5 +124,49 @@ mod tests {
             p256_params(),
             [0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07]
         );
+    }
+
+    #[test]
+    fn digest_info_is_the_der_of_rfc_8017() {
+        let digest = [7u8; 32];
+        let info = sha256_digest_info(&digest);
+        // DigestInfo ::= SEQUENCE { AlgorithmIdentifier { sha256, NULL }, OCTET STRING }
+        let (oid, hash) = yasna::parse_der(&info, |r| {
+            r.read_sequence(|seq| {
+                let oid = seq.next().read_sequence(|alg| {
+                    let oid = alg.next().read_oid()?;
+                    alg.next().read_null()?;
+                    Ok(oid)
+                })?;
+                let hash = seq.next().read_bytes()?;
+                Ok((oid, hash))
+            })
+        })
+        .unwrap();
+        assert_eq!(
+            oid,
+            yasna::models::ObjectIdentifier::from_slice(&[2, 16, 840, 1, 101, 3, 4, 2, 1])
+        );
+        assert_eq!(hash, digest);
+    }
+
+    #[test]
+    fn rsa_public_key_keeps_a_high_bit_modulus_positive() {
+        let modulus = [0xc0u8; 256];
+        let der = rsa_public_key(&modulus, &[1, 0, 1]);
+        assert_eq!(crate::keys::rsa_modulus_bits(&der), Some(2048));
+        let (m, e) = yasna::parse_der(&der, |r| {
+            r.read_sequence(|seq| {
+                let m = seq.next().read_bigint_bytes()?;
+                let e = seq.next().read_u32()?;
+                Ok((m, e))
+            })
+        })
+        .unwrap();
+        // Two's complement: a leading zero keeps the modulus positive.
+        let mut expected = vec![0];
+        expected.extend(modulus);
+        assert_eq!(m, (expected, true));
+        assert_eq!(e, 65537);
     }
 }

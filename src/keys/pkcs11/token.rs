@@ -1,6 +1,7 @@
 //! The profile's token: its key pair (EC P-256, private key sensitive and
 //! non-extractable, with CKA_SIGN and CKA_DERIVE, the public key kept beside
-//! it) and its certificate object, named by the profile's [`TokenLayout`].
+//! it; or RSA-2048 with CKA_SIGN) and its certificate object, named by the
+//! profile's [`TokenLayout`].
 //!
 //! For LmP these are what aktualizr-lite and fioconfig look for: token
 //! `aktualizr`, key pair `tls` with CKA_ID 01, certificate `client` with
@@ -8,18 +9,21 @@
 //! device configuration with ECDH through the token, so the public key object
 //! stays and both may derive.
 
-use super::der::{cka_id, ec_point, ecdsa_raw_to_der, p256_params};
+use super::der::{
+    cka_id, ec_point, ecdsa_raw_to_der, p256_params, rsa_public_key, sha256_digest_info,
+};
 use super::{hsm_error, Module};
 use crate::config::HsmSettings;
 use crate::error::{Error, ErrorKind, Result};
-use crate::keys::TokenLayout;
-use cryptoki::mechanism::Mechanism;
+use crate::keys::{rsa_modulus_bits, KeyAlgorithm, TokenLayout};
+use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsPssParams};
+use cryptoki::mechanism::{Mechanism, MechanismType};
 use cryptoki::object::{
     Attribute, AttributeType, CertificateType, KeyType, ObjectClass, ObjectHandle,
 };
 use cryptoki::session::Session;
 use cryptoki::slot::Slot;
-use rcgen::{PublicKeyData, SignatureAlgorithm, SigningKey, PKCS_ECDSA_P256_SHA256};
+use rcgen::{PublicKeyData, SignatureAlgorithm, SigningKey};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -144,14 +148,14 @@ impl Token {
         self.with_session(|s| s.destroy_object(handle), what)
     }
 
-    /// The key pair already in the token, if there is a complete one.
-    pub fn existing_key(self: &Arc<Self>) -> Result<Option<TokenKey>> {
+    /// The key pair already in the token, if there is a complete one; it
+    /// must be of the kind the profile asks for.
+    pub fn existing_key(self: &Arc<Self>, algorithm: KeyAlgorithm) -> Result<Option<TokenKey>> {
         let key_id = cka_id(self.layout.key_id);
         let key_label = self.layout.key_label;
         let pair = |class| {
             self.find(&[
                 Attribute::Class(class),
-                Attribute::KeyType(KeyType::EC),
                 Attribute::Label(key_label.into()),
                 Attribute::Id(key_id.clone()),
             ])
@@ -161,7 +165,20 @@ impl Token {
             pair(ObjectClass::PUBLIC_KEY)?,
         );
         match (private.as_slice(), public.as_slice()) {
-            ([private], [public]) => self.key_from(*private, *public).map(Some),
+            ([private], [public]) => {
+                let found = self.stored_key_type(*public)?;
+                if found != Some(pkcs11_key_type(algorithm)) {
+                    return Err(Error::new(
+                        ErrorKind::Hsm,
+                        format!(
+                            "token {} holds a `{key_label}` key that is not {}, which the configuration asks for; restore the key type or run with --force to replace the key",
+                            self.label(),
+                            algorithm.describe()
+                        ),
+                    ));
+                }
+                self.key_from(algorithm, *private, *public).map(Some)
+            }
             ([], []) => Ok(None),
             _ => Err(Error::new(
                 ErrorKind::Hsm,
@@ -175,28 +192,96 @@ impl Token {
         }
     }
 
-    fn key_from(self: &Arc<Self>, private: ObjectHandle, public: ObjectHandle) -> Result<TokenKey> {
-        let key_label = self.layout.key_label;
+    fn stored_key_type(&self, handle: ObjectHandle) -> Result<Option<KeyType>> {
         let attributes = self.with_session(
-            |s| s.get_attributes(public, &[AttributeType::EcPoint]),
-            || format!("cannot read the public `{key_label}` key"),
-        )?;
-        let point = attributes
-            .into_iter()
-            .find_map(|a| match a {
-                Attribute::EcPoint(value) => ec_point(&value),
-                _ => None,
-            })
-            .ok_or_else(|| {
-                Error::new(
-                    ErrorKind::Hsm,
-                    format!("the public `{key_label}` key has no uncompressed P-256 CKA_EC_POINT"),
+            |s| s.get_attributes(handle, &[AttributeType::KeyType]),
+            || {
+                format!(
+                    "cannot read the type of the `{}` key",
+                    self.layout.key_label
                 )
-            })?;
+            },
+        )?;
+        Ok(attributes.into_iter().find_map(|a| match a {
+            Attribute::KeyType(t) => Some(t),
+            _ => None,
+        }))
+    }
+
+    /// Whether the token offers a mechanism (a module that cannot say is
+    /// taken at its word that it does not).
+    fn supports(&self, mechanism: MechanismType) -> bool {
+        self.module
+            .ctx
+            .get_mechanism_list(self.slot)
+            .is_ok_and(|list| list.contains(&mechanism))
+    }
+
+    fn key_from(
+        self: &Arc<Self>,
+        algorithm: KeyAlgorithm,
+        private: ObjectHandle,
+        public: ObjectHandle,
+    ) -> Result<TokenKey> {
+        let key_label = self.layout.key_label;
+        let public_raw = match algorithm {
+            KeyAlgorithm::EcP256 => {
+                let attributes = self.with_session(
+                    |s| s.get_attributes(public, &[AttributeType::EcPoint]),
+                    || format!("cannot read the public `{key_label}` key"),
+                )?;
+                attributes
+                    .into_iter()
+                    .find_map(|a| match a {
+                        Attribute::EcPoint(value) => ec_point(&value),
+                        _ => None,
+                    })
+                    .ok_or_else(|| {
+                        Error::new(
+                            ErrorKind::Hsm,
+                            format!(
+                                "the public `{key_label}` key has no uncompressed P-256 CKA_EC_POINT"
+                            ),
+                        )
+                    })?
+            }
+            KeyAlgorithm::Rsa2048 => {
+                let attributes = self.with_session(
+                    |s| {
+                        s.get_attributes(
+                            public,
+                            &[AttributeType::Modulus, AttributeType::PublicExponent],
+                        )
+                    },
+                    || format!("cannot read the public `{key_label}` key"),
+                )?;
+                let (mut modulus, mut exponent) = (None, None);
+                for attribute in attributes {
+                    match attribute {
+                        Attribute::Modulus(m) => modulus = Some(m),
+                        Attribute::PublicExponent(e) => exponent = Some(e),
+                        _ => {}
+                    }
+                }
+                let der = modulus
+                    .zip(exponent)
+                    .map(|(m, e)| rsa_public_key(&m, &e))
+                    .filter(|der| rsa_modulus_bits(der) == Some(2048))
+                    .ok_or_else(|| {
+                        Error::new(
+                            ErrorKind::Hsm,
+                            format!("the public `{key_label}` key is not a 2048-bit RSA key"),
+                        )
+                    })?;
+                der
+            }
+        };
         let key = TokenKey {
             token: Arc::clone(self),
             private,
-            public_raw: point,
+            public_raw,
+            algorithm,
+            pss: algorithm == KeyAlgorithm::Rsa2048 && self.supports(MechanismType::RSA_PKCS_PSS),
         };
         key.self_test()?;
         Ok(key)
@@ -253,7 +338,7 @@ impl Token {
 
     /// Generates the key pair in the token. Objects of an earlier
     /// registration are an error, or are removed first with `force`.
-    pub fn create_key(self: &Arc<Self>, force: bool) -> Result<TokenKey> {
+    pub fn create_key(self: &Arc<Self>, algorithm: KeyAlgorithm, force: bool) -> Result<TokenKey> {
         let TokenLayout {
             token_label,
             key_label,
@@ -287,35 +372,57 @@ impl Token {
 
         let label: Vec<u8> = key_label.into();
         let id = cka_id(self.layout.key_id);
-        let public_template = [
-            Attribute::Token(true),
-            Attribute::Private(false),
-            Attribute::KeyType(KeyType::EC),
-            Attribute::EcParams(p256_params()),
-            Attribute::Verify(true),
-            Attribute::Derive(true),
-            Attribute::Label(label.clone()),
-            Attribute::Id(id.clone()),
-        ];
-        let private_template = [
-            Attribute::Token(true),
-            Attribute::Private(true),
-            Attribute::Sensitive(true),
-            Attribute::Extractable(false),
-            Attribute::KeyType(KeyType::EC),
-            Attribute::Sign(true),
-            Attribute::Derive(true),
-            Attribute::Label(label),
-            Attribute::Id(id),
-        ];
+        let (mechanism, public_template, private_template) = match algorithm {
+            KeyAlgorithm::EcP256 => (
+                Mechanism::EccKeyPairGen,
+                vec![
+                    Attribute::Token(true),
+                    Attribute::Private(false),
+                    Attribute::KeyType(KeyType::EC),
+                    Attribute::EcParams(p256_params()),
+                    Attribute::Verify(true),
+                    Attribute::Derive(true),
+                    Attribute::Label(label.clone()),
+                    Attribute::Id(id.clone()),
+                ],
+                vec![
+                    Attribute::Token(true),
+                    Attribute::Private(true),
+                    Attribute::Sensitive(true),
+                    Attribute::Extractable(false),
+                    Attribute::KeyType(KeyType::EC),
+                    Attribute::Sign(true),
+                    Attribute::Derive(true),
+                    Attribute::Label(label),
+                    Attribute::Id(id),
+                ],
+            ),
+            KeyAlgorithm::Rsa2048 => (
+                Mechanism::RsaPkcsKeyPairGen,
+                vec![
+                    Attribute::Token(true),
+                    Attribute::Private(false),
+                    Attribute::KeyType(KeyType::RSA),
+                    Attribute::ModulusBits(2048.into()),
+                    Attribute::PublicExponent(vec![0x01, 0x00, 0x01]),
+                    Attribute::Verify(true),
+                    Attribute::Label(label.clone()),
+                    Attribute::Id(id.clone()),
+                ],
+                vec![
+                    Attribute::Token(true),
+                    Attribute::Private(true),
+                    Attribute::Sensitive(true),
+                    Attribute::Extractable(false),
+                    Attribute::KeyType(KeyType::RSA),
+                    Attribute::Sign(true),
+                    Attribute::Label(label),
+                    Attribute::Id(id),
+                ],
+            ),
+        };
         let (public, private) = self.with_session(
-            |s| {
-                s.generate_key_pair(
-                    &Mechanism::EccKeyPairGen,
-                    &public_template,
-                    &private_template,
-                )
-            },
+            |s| s.generate_key_pair(&mechanism, &public_template, &private_template),
             || format!("cannot generate the `{key_label}` key pair in token {token_label}"),
         )?;
         {
@@ -323,8 +430,11 @@ impl Token {
             created.push((private, "private key"));
             created.push((public, "public key"));
         }
-        let key = self.key_from(private, public)?;
-        tracing::info!("generated EC P-256 key pair `{key_label}` in token {token_label}");
+        let key = self.key_from(algorithm, private, public)?;
+        tracing::info!(
+            "generated {} key pair `{key_label}` in token {token_label}",
+            algorithm.describe()
+        );
         Ok(key)
     }
 
@@ -455,13 +565,37 @@ impl Drop for Token {
     }
 }
 
-/// The private key, used through the token; the public point is kept for
-/// the CSR and for checking the issued certificate.
+fn pkcs11_key_type(algorithm: KeyAlgorithm) -> KeyType {
+    match algorithm {
+        KeyAlgorithm::EcP256 => KeyType::EC,
+        KeyAlgorithm::Rsa2048 => KeyType::RSA,
+    }
+}
+
+/// How a token key signs: the digest is always computed here, because
+/// SE050 modules offer the bare mechanisms (CKM_ECDSA, CKM_RSA_PKCS) but not
+/// always the hashing ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Padding {
+    /// ECDSA-SHA256 (EC keys).
+    Ecdsa,
+    /// RSASSA-PKCS1-v1_5 with SHA-256: CSRs, and TLS 1.2.
+    RsaPkcs1,
+    /// RSASSA-PSS with SHA-256, MGF1-SHA256 and a 32-byte salt: TLS 1.3.
+    RsaPss,
+}
+
+/// The private key, used through the token; the public key (EC point, or
+/// PKCS#1 RSAPublicKey) is kept for the CSR and for checking the issued
+/// certificate.
 #[derive(Clone)]
 pub struct TokenKey {
     token: Arc<Token>,
     private: ObjectHandle,
     public_raw: Vec<u8>,
+    algorithm: KeyAlgorithm,
+    /// The token offers CKM_RSA_PKCS_PSS (TLS 1.3 needs it for RSA keys).
+    pss: bool,
 }
 
 impl TokenKey {
@@ -469,19 +603,58 @@ impl TokenKey {
         &self.token
     }
 
-    /// ECDSA-SHA256 over `msg`, DER encoded; the digest is computed here
-    /// because SE050 modules offer CKM_ECDSA but not always CKM_ECDSA_SHA256.
+    pub fn key_algorithm(&self) -> KeyAlgorithm {
+        self.algorithm
+    }
+
+    /// Whether the key can make RSA-PSS signatures.
+    pub fn can_pss(&self) -> bool {
+        self.pss
+    }
+
+    /// The padding of CSRs and certificate signatures for this key.
+    fn default_padding(&self) -> Padding {
+        match self.algorithm {
+            KeyAlgorithm::EcP256 => Padding::Ecdsa,
+            KeyAlgorithm::Rsa2048 => Padding::RsaPkcs1,
+        }
+    }
+
+    /// A SHA-256 signature over `msg` in the key's default form: ECDSA (DER
+    /// encoded) or RSASSA-PKCS1-v1_5.
     pub fn sign_sha256(&self, msg: &[u8]) -> Result<Vec<u8>> {
+        self.sign_sha256_with(self.default_padding(), msg)
+    }
+
+    pub fn sign_sha256_with(&self, padding: Padding, msg: &[u8]) -> Result<Vec<u8>> {
         let digest = ring::digest::digest(&ring::digest::SHA256, msg);
         let key_label = self.token.layout.key_label;
-        let raw = self.token.with_session(
-            |s| s.sign(&Mechanism::Ecdsa, self.private, digest.as_ref()),
+        let (mechanism, input) = match padding {
+            Padding::Ecdsa => (Mechanism::Ecdsa, digest.as_ref().to_vec()),
+            Padding::RsaPkcs1 => (Mechanism::RsaPkcs, sha256_digest_info(digest.as_ref())),
+            Padding::RsaPss => (
+                Mechanism::RsaPkcsPss(PkcsPssParams {
+                    hash_alg: MechanismType::SHA256,
+                    mgf: PkcsMgfType::MGF1_SHA256,
+                    s_len: 32.into(),
+                }),
+                digest.as_ref().to_vec(),
+            ),
+        };
+        let signature = self.token.with_session(
+            |s| s.sign(&mechanism, self.private, &input),
             || format!("the token could not sign with the `{key_label}` key"),
         )?;
-        ecdsa_raw_to_der(&raw).ok_or_else(|| {
+        if padding != Padding::Ecdsa {
+            return Ok(signature);
+        }
+        ecdsa_raw_to_der(&signature).ok_or_else(|| {
             Error::new(
                 ErrorKind::Hsm,
-                format!("the token returned a {}-byte ECDSA signature", raw.len()),
+                format!(
+                    "the token returned a {}-byte ECDSA signature",
+                    signature.len()
+                ),
             )
         })
     }
@@ -490,13 +663,24 @@ impl TokenKey {
     /// a CSR the server rejects; better to find out here.
     fn self_test(&self) -> Result<()> {
         let msg = b"lmp-device-register key check";
-        let signature = self.sign_sha256(msg)?;
-        ring::signature::UnparsedPublicKey::new(
-            &ring::signature::ECDSA_P256_SHA256_ASN1,
-            &self.public_raw,
-        )
-        .verify(msg, &signature)
-        .map_err(|_| {
+        let verify = |padding, algorithm: &'static dyn ring::signature::VerificationAlgorithm| {
+            let signature = self.sign_sha256_with(padding, msg)?;
+            Ok::<bool, Error>(
+                ring::signature::UnparsedPublicKey::new(algorithm, &self.public_raw)
+                    .verify(msg, &signature)
+                    .is_ok(),
+            )
+        };
+        let matches = match self.algorithm {
+            KeyAlgorithm::EcP256 => {
+                verify(Padding::Ecdsa, &ring::signature::ECDSA_P256_SHA256_ASN1)?
+            }
+            KeyAlgorithm::Rsa2048 => verify(
+                Padding::RsaPkcs1,
+                &ring::signature::RSA_PKCS1_2048_8192_SHA256,
+            )?,
+        };
+        matches.then_some(()).ok_or_else(|| {
             Error::new(
                 ErrorKind::Hsm,
                 format!(
@@ -515,7 +699,7 @@ impl PublicKeyData for TokenKey {
     }
 
     fn algorithm(&self) -> &'static SignatureAlgorithm {
-        &PKCS_ECDSA_P256_SHA256
+        self.algorithm.signature_algorithm()
     }
 }
 

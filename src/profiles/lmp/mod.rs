@@ -16,7 +16,7 @@ use crate::csr::{build_csr_pem, CsrSubject};
 use crate::error::{Error, ErrorKind, Result};
 use crate::http::{self, HttpError};
 use crate::keys::pkcs11::Token;
-use crate::keys::{KeySpec, TokenLayout};
+use crate::keys::{KeyAlgorithm, KeySpec, TokenLayout};
 use crate::retry::{retry, Retryable};
 use crate::store::{PRIVATE_MODE, PUBLIC_MODE};
 use answer::ValidityCheck;
@@ -141,6 +141,7 @@ impl Backend for Lmp {
     fn key_spec(&self) -> Option<KeySpec> {
         Some(KeySpec {
             file: PRIVATE_KEY,
+            algorithm: KeyAlgorithm::EcP256,
             token: TOKEN_LAYOUT,
         })
     }
@@ -211,6 +212,7 @@ impl Backend for Lmp {
             id: uuid,
             key,
             resumed,
+            ..
         } = enrolment;
         let key = key.ok_or_else(|| Error::internal("an LmP registration needs a key"))?;
         let token = key.token();

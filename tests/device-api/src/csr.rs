@@ -18,9 +18,22 @@ pub(crate) struct VerifiedCsr {
     pub spki_der: Vec<u8>,
 }
 
-/// Checks `pem` for a device `uuid` of `factory`. The error is the plain-text
-/// body of the 400 answer.
-pub(crate) fn verify(pem: &str, uuid: &str, factory: &str) -> Result<VerifiedCsr, String> {
+/// A CSR whose form and signature check out, before anyone looked at its
+/// subject.
+#[derive(Debug)]
+pub(crate) struct SignedCsr {
+    pub common_names: Vec<String>,
+    pub units: Vec<String>,
+    pub production: bool,
+    pub spki_der: Vec<u8>,
+    /// Whether it requests the key usages a factory requires; the error is
+    /// the plain-text body of the 400 answer.
+    pub extensions: Result<(), String>,
+}
+
+/// Checks the PEM, the algorithms, the key and the signature. The error is
+/// the plain-text body of the 400 answer.
+pub(crate) fn check_signed(pem: &str) -> Result<SignedCsr, String> {
     let (_, pem) = parse_x509_pem(pem.as_bytes()).map_err(|e| format!("invalid CSR: {e}"))?;
     if !matches!(
         pem.label.as_str(),
@@ -53,27 +66,36 @@ pub(crate) fn verify(pem: &str, uuid: &str, factory: &str) -> Result<VerifiedCsr
         .map_err(|e| format!("CSR signature does not verify: {e}"))?;
 
     let subject = &info.subject;
-    let cns = strings(subject.iter_common_name());
+    Ok(SignedCsr {
+        common_names: strings(subject.iter_common_name()),
+        units: strings(subject.iter_organizational_unit()),
+        production: is_production(subject),
+        spki_der: info.subject_pki.raw.to_vec(),
+        extensions: check_requested_extensions(&csr),
+    })
+}
+
+/// Checks `pem` for a device `uuid` of `factory`. The error is the plain-text
+/// body of the 400 answer.
+pub(crate) fn verify(pem: &str, uuid: &str, factory: &str) -> Result<VerifiedCsr, String> {
+    let csr = check_signed(pem)?;
+    let cns = &csr.common_names;
     if cns.len() != 1 || cns[0] != uuid {
         return Err(format!(
             "CSR common name ({}) must be the device uuid {uuid}",
             cns.join(",")
         ));
     }
-    let ou = strings(subject.iter_organizational_unit())
-        .into_iter()
-        .next()
-        .unwrap_or_default();
+    let ou = csr.units.first().cloned().unwrap_or_default();
     if ou != factory {
         return Err(format!("Invalid factory({ou}) must be {factory}"));
     }
-
-    check_requested_extensions(&csr)?;
+    csr.extensions?;
 
     Ok(VerifiedCsr {
         factory: ou,
-        production: is_production(subject),
-        spki_der: info.subject_pki.raw.to_vec(),
+        production: csr.production,
+        spki_der: csr.spki_der,
     })
 }
 

@@ -7,6 +7,9 @@
 //! request's overrides, and runs the OAuth device flow. Tests can script
 //! misbehaviour with [`Reply`].
 //!
+//! [`azure_dps`] holds the doubles of Azure IoT Hub DPS and of the factory
+//! endpoint that issues its device certificates.
+//!
 //! The server runs its own tokio runtime on a background thread, so plain
 //! synchronous tests (that spawn the agent with `std::process::Command`) can
 //! use it. Dropping the [`DeviceApi`] stops it and closes every connection.
@@ -53,6 +56,9 @@
 //! assert_eq!(api.registrations().len(), 1);
 //! ```
 
+pub mod azure_dps;
+#[cfg(test)]
+mod azure_dps_tests;
 mod csr;
 pub mod losant;
 mod oauth;
@@ -62,6 +68,7 @@ mod server;
 mod sota_toml;
 #[cfg(test)]
 mod tests;
+pub mod tii;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, MutexGuard};

@@ -105,15 +105,42 @@ impl Pki {
     }
 
     pub(crate) fn tls_acceptor(&self) -> TlsAcceptor {
+        self.acceptor(None)
+    }
+
+    /// An acceptor that completes the handshake only with a client whose
+    /// certificate chains to the device root (as Azure DPS does).
+    pub(crate) fn tls_acceptor_for_devices(&self) -> TlsAcceptor {
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(self.root.der().clone())
+            .expect("device-api: device root as a trust anchor");
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            Arc::new(rustls::crypto::ring::default_provider()),
+        )
+        .build()
+        .expect("device-api: client certificate verifier");
+        self.acceptor(Some(verifier))
+    }
+
+    fn acceptor(
+        &self,
+        clients: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
+    ) -> TlsAcceptor {
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.server_key.serialize_der()));
-        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        let builder = rustls::ServerConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
         .with_safe_default_protocol_versions()
-        .expect("device-api: rustls protocol versions")
-        .with_no_client_auth()
-        .with_single_cert(vec![self.server_cert.clone()], key)
-        .expect("device-api: rustls server certificate");
+        .expect("device-api: rustls protocol versions");
+        let builder = match clients {
+            Some(verifier) => builder.with_client_cert_verifier(verifier),
+            None => builder.with_no_client_auth(),
+        };
+        let mut config = builder
+            .with_single_cert(vec![self.server_cert.clone()], key)
+            .expect("device-api: rustls server certificate");
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         TlsAcceptor::from(Arc::new(config))
     }
@@ -187,13 +214,13 @@ fn name(cn: &str, ou: Option<&str>) -> DistinguishedName {
 }
 
 /// Valid from `now - before` until `now + after`.
-fn set_validity(params: &mut CertificateParams, before: Duration, after: Duration) {
+pub(crate) fn set_validity(params: &mut CertificateParams, before: Duration, after: Duration) {
     let now = OffsetDateTime::now_utc();
     params.not_before = now - before;
     params.not_after = now + after;
 }
 
-fn random_serial() -> SerialNumber {
+pub(crate) fn random_serial() -> SerialNumber {
     let mut serial = random_bytes(16);
     // Positive and without a leading zero byte, so it stays 16 bytes in DER.
     serial[0] = (serial[0] & 0x7f) | 0x40;
