@@ -43,7 +43,7 @@ SRC_URI = "${LMP_DEVICE_REGISTER_RS_GIT};branch=${LMP_DEVICE_REGISTER_RS_BRANCH}
 # A commit of the main branch. The crates .inc next to this recipe is
 # generated from the Cargo.lock of the tree it was copied from: a layer that
 # bumps SRCREV copies the recipe and the .inc from that same commit.
-SRCREV = "5fb433c7658f30f97871678a6ce73c274c6a2a75"
+SRCREV = "303e35616185b22e08c608700567027e2e11ed48"
 # The git fetcher unpacks to ${UNPACKDIR}/${BB_GIT_DEFAULT_DESTSUFFIX} on
 # whinlatter and later (S = "${WORKDIR}/git" is an error on wrynose).
 S = "${UNPACKDIR}/${BB_GIT_DEFAULT_DESTSUFFIX}"
