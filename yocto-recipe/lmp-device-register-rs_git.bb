@@ -40,10 +40,11 @@ PV = "0.1.0+git"
 LMP_DEVICE_REGISTER_RS_GIT ??= ""
 LMP_DEVICE_REGISTER_RS_BRANCH ??= "main"
 SRC_URI = "${LMP_DEVICE_REGISTER_RS_GIT};branch=${LMP_DEVICE_REGISTER_RS_BRANCH}"
-# A commit of the main branch. The crates .inc next to this recipe is
-# generated from the Cargo.lock of the tree it was copied from: a layer that
+# The commit to build. The crates .inc next to this recipe is generated from
+# the Cargo.lock of the tree it was copied from, and the tree must read what
+# the recipe exports (DOCKER_COMPOSE_APP, the cargo features): a layer that
 # bumps SRCREV copies the recipe and the .inc from that same commit.
-SRCREV = "303e35616185b22e08c608700567027e2e11ed48"
+SRCREV = "68f4f083ddda33c5ba8b5c42e68828dc1c513894"
 # The git fetcher unpacks to ${UNPACKDIR}/${BB_GIT_DEFAULT_DESTSUFFIX} on
 # whinlatter and later (S = "${WORKDIR}/git" is an error on wrynose).
 S = "${UNPACKDIR}/${BB_GIT_DEFAULT_DESTSUFFIX}"
