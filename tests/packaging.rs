@@ -1763,6 +1763,16 @@ fn unit_runs_boot_mode_once_without_secrets_on_its_command_line() {
         );
     }
     assert_eq!(get("Service", "ProtectSystem").as_deref(), Some("strict"));
+    // The other profiles' default state dirs (under /var/lib, read-only
+    // with ProtectSystem=strict): made private and writable by systemd.
+    let state_dirs = list("Service", "StateDirectory");
+    for dir in ["losant", "fleet-registration", "azure-dps"] {
+        assert!(
+            state_dirs.contains(&dir.to_string()),
+            "StateDirectory lacks {dir}"
+        );
+    }
+    assert_eq!(get("Service", "StateDirectoryMode").as_deref(), Some("0700"));
 
     // ExecStart: the agent in boot mode, nothing secret, and flags the agent
     // itself accepts.
