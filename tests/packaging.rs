@@ -387,7 +387,10 @@ fn parse_bitbake(text: &str) -> Result<Vec<Statement>, String> {
             statements.push(Statement::Require(file.trim().to_string()));
         } else if let Some(assign) = parse_assignment(logical).map_err(at)? {
             statements.push(assign);
-        } else if logical.starts_with("addtask ") || logical.starts_with("EXPORT_FUNCTIONS ") {
+        } else if ["addtask ", "addhandler ", "EXPORT_FUNCTIONS "]
+            .iter()
+            .any(|keyword| logical.starts_with(keyword))
+        {
             statements.push(Statement::Other(logical.to_string()));
         } else {
             return Err(at(format!("not understood: {logical}")));
@@ -469,6 +472,62 @@ impl Recipe {
                 .join(" ");
         }
         Some(value)
+    }
+
+    /// `value`, with `${VAR}` references to variables of this file expanded
+    /// (as BitBake does when the value is used); `${@...}` and variables set
+    /// elsewhere stay as they are.
+    fn expanded(&self, var: &str) -> Option<String> {
+        let mut value = self.value(var)?;
+        for _ in 0..16 {
+            let mut out = String::new();
+            let mut rest = value.as_str();
+            while let Some(at) = rest.find("${") {
+                out.push_str(&rest[..at]);
+                let reference = &rest[at..];
+                let end = reference.find('}').map_or(reference.len(), |e| e + 1);
+                let name = &reference[2..end.saturating_sub(1)];
+                match (name.starts_with('@'), self.value(name)) {
+                    (false, Some(inner)) => out.push_str(&inner),
+                    _ => out.push_str(&reference[..end]),
+                }
+                rest = &reference[end..];
+            }
+            out.push_str(rest);
+            if out == value {
+                return Some(value);
+            }
+            value = out;
+        }
+        panic!("{var}: references nest too deep: {value}")
+    }
+
+    /// Every `VAR[flag]` of this file, the last assignment of each flag.
+    fn flags(&self, var: &str) -> std::collections::BTreeMap<String, String> {
+        self.statements
+            .iter()
+            .filter_map(|s| match s {
+                Statement::Assign {
+                    var: v,
+                    flag: Some(f),
+                    value,
+                    ..
+                } if v == var => Some((f.clone(), value.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// This file followed by `other` (a bbappend, or a factory's settings).
+    fn then(&self, other: &Recipe) -> Recipe {
+        Recipe {
+            statements: self
+                .statements
+                .iter()
+                .chain(&other.statements)
+                .cloned()
+                .collect(),
+        }
     }
 
     fn required(&self, var: &str) -> String {
@@ -586,6 +645,26 @@ do_install:append() {
     );
     assert_eq!(recipe.requires(), ["${BPN}-crates.inc"]);
     assert!(recipe.function("do_install:append").contains("${S}/x"));
+    assert_eq!(recipe.flags("SRC_URI").len(), 1);
+
+    let expanding = Recipe {
+        statements: parse_bitbake(
+            "A ??= \"${B}\"\nB ??= \"\"\nC = \"${A}-${@d.getVar('A')}-${UNSET}\"\n",
+        )
+        .unwrap(),
+    };
+    assert_eq!(expanding.expanded("A").unwrap(), "");
+    let set_later = expanding.then(&Recipe {
+        statements: parse_bitbake("B = \"1\"\n").unwrap(),
+    });
+    assert_eq!(set_later.expanded("A").unwrap(), "1");
+    assert_eq!(
+        set_later.expanded("C").unwrap(),
+        "1-${@d.getVar('A')}-${UNSET}"
+    );
+    assert!(
+        parse_bitbake("python h() {\n    pass\n}\naddhandler h\nh[eventmask] = \"x\"\n").is_ok()
+    );
     assert!(parse_bitbake("A = unquoted\n").is_err());
     assert!(parse_bitbake("what is this\n").is_err());
 }
@@ -625,11 +704,10 @@ fn build_time_variables() -> BTreeSet<String> {
 }
 
 #[test]
-fn recipe_builds_this_tree_with_its_license_and_defaults() {
+fn recipe_builds_this_tree_with_its_defaults() {
     let recipe = Recipe::parse(RECIPE);
 
-    // Licence: what Cargo.toml says, with a checksum of the file that is here.
-    assert_eq!(recipe.required("LICENSE"), cargo_package_field("license"));
+    // Licence file: a checksum of the file that is here.
     let chksums = recipe.words("LIC_FILES_CHKSUM");
     assert!(!chksums.is_empty());
     for entry in chksums {
@@ -648,24 +726,6 @@ fn recipe_builds_this_tree_with_its_license_and_defaults() {
         );
     }
 
-    // Source: this repository's main branch over https, unpacked where the
-    // git fetcher puts it on whinlatter and later.
-    let src_uri = recipe.words("SRC_URI");
-    let git = src_uri
-        .iter()
-        .find(|u| u.starts_with("git://"))
-        .expect("a git:// SRC_URI");
-    let params: BTreeSet<&str> = git.split(';').skip(1).collect();
-    assert!(
-        params.contains("protocol=https") && params.contains("branch=main"),
-        "{git}"
-    );
-    let srcrev = recipe.required("SRCREV");
-    assert!(
-        srcrev == "${AUTOREV}"
-            || (srcrev.len() == 40 && srcrev.chars().all(|c| c.is_ascii_hexdigit())),
-        "SRCREV {srcrev}"
-    );
     let s = recipe.required("S");
     assert!(s.starts_with("${UNPACKDIR}/"), "S = {s}");
     let pv = recipe.required("PV");
@@ -752,6 +812,21 @@ fn recipe_builds_this_tree_with_its_license_and_defaults() {
     for (generated, _) in generated_files() {
         assert!(installed.contains(&generated), "{generated} not installed");
     }
+    // Everything in systemd/ reaches the image, the tmpfiles entry where
+    // systemd-tmpfiles reads it at boot.
+    for entry in std::fs::read_dir(repo().join("systemd")).unwrap() {
+        let file = format!("systemd/{}", entry.unwrap().file_name().to_string_lossy());
+        assert!(installed.contains(&file.as_str()), "{file} not installed");
+    }
+    assert!(
+        install.contains(&format!(
+            "${{S}}/{TMPFILES} \\\n\t\t${{D}}${{nonarch_libdir}}/tmpfiles.d/lmp-device-register.conf"
+        )),
+        "{TMPFILES} must become /usr/lib/tmpfiles.d/lmp-device-register.conf"
+    );
+    assert!(recipe
+        .words("FILES:${PN}")
+        .contains(&"${nonarch_libdir}/tmpfiles.d/lmp-device-register.conf".to_string()));
     for file in installed {
         assert!(
             repo().join(file).is_file(),
@@ -766,6 +841,502 @@ fn recipe_builds_this_tree_with_its_license_and_defaults() {
             assert!(names.iter().any(|n| n == old), "{var} lacks {old}");
         }
     }
+}
+
+/// Runs git in this checkout; `None` when git or the history is not there.
+fn git(args: &[&str]) -> Option<std::process::Output> {
+    Command::new("git")
+        .args(args)
+        .current_dir(repo())
+        .output()
+        .ok()
+        .filter(|o| o.status.success() || o.status.code() == Some(1))
+}
+
+#[test]
+fn recipe_fetches_this_project_from_a_named_repository_at_a_pinned_commit() {
+    let recipe = Recipe::parse(RECIPE);
+    const REPOSITORY: &str = "LMP_DEVICE_REGISTER_RS_GIT";
+
+    // The git entry is the repository variable plus a branch, nothing else.
+    let src_uri = recipe.words("SRC_URI");
+    let git_entry = format!("${{{REPOSITORY}}};branch=${{LMP_DEVICE_REGISTER_RS_BRANCH}}");
+    assert_eq!(src_uri, [git_entry.as_str()], "SRC_URI");
+    assert_eq!(
+        recipe.expanded("LMP_DEVICE_REGISTER_RS_BRANCH").as_deref(),
+        Some("main")
+    );
+
+    // No repository is built in: not the C++ tool's, not any other. Parsing
+    // stops, saying what to set, until a layer sets one (a skipped recipe
+    // would let BitBake fall back to meta-lmp's C++ tool without a word).
+    assert_eq!(recipe.value(REPOSITORY).as_deref(), Some(""));
+    let text = read(RECIPE);
+    for cxx in [
+        "github.com/foundriesio/lmp-device-register",
+        "foundriesio/lmp-device-register.git",
+    ] {
+        assert!(!text.contains(cxx), "the recipe names the C++ repository");
+    }
+    let check = "lmp_device_register_rs_check_settings";
+    let handler = recipe.function(check);
+    assert!(
+        handler.contains(&format!("d.getVar(\"{REPOSITORY}\")"))
+            && handler.contains("bb.fatal(")
+            && !handler.contains("SkipRecipe")
+            && handler.contains(&format!("\"{REPOSITORY} is not set")),
+        "the parse-time check must stop the parse, naming {REPOSITORY}:\n{handler}"
+    );
+    assert!(recipe
+        .statements
+        .contains(&Statement::Other(format!("addhandler {check}"))));
+    // Before the classes' anonymous functions read SRC_URI.
+    assert_eq!(
+        recipe.flag(check, "eventmask").as_deref(),
+        Some("bb.event.RecipePreFinalise")
+    );
+
+    // Pinned: parsing needs no network and a build is reproducible.
+    let srcrev = recipe.required("SRCREV");
+    assert!(
+        srcrev.len() == 40 && srcrev.chars().all(|c| c.is_ascii_hexdigit()),
+        "SRCREV must be a pinned commit, not {srcrev}"
+    );
+    match git(&["cat-file", "-t", &srcrev]) {
+        Some(out) if out.status.success() => {
+            assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "commit");
+            let ancestor = git(&["merge-base", "--is-ancestor", &srcrev, "HEAD"]).unwrap();
+            assert!(
+                ancestor.status.success(),
+                "SRCREV {srcrev} is not in this branch's history"
+            );
+        }
+        _ => println!("NOTICE: SRCREV {srcrev} is not in this checkout's history (shallow clone?); not checked against it"),
+    }
+}
+
+#[test]
+fn release_binary_is_stripped_alone_and_left_to_oe_in_the_recipe() {
+    let manifest = cargo_manifest();
+    assert_eq!(
+        manifest["profile"]["release"].get("strip"),
+        Some(&toml::Value::Boolean(true)),
+        "the stand-alone release build strips the binary"
+    );
+    // OE strips and splits debug symbols itself; a binary that arrives
+    // stripped fails its already-stripped QA check at do_package.
+    let recipe = Recipe::parse(RECIPE);
+    assert!(recipe.exported().contains("CARGO_PROFILE_RELEASE_STRIP"));
+    assert_eq!(
+        recipe.required("CARGO_PROFILE_RELEASE_STRIP"),
+        "false",
+        "cargo must leave the binary unstripped under BitBake"
+    );
+}
+
+/// One `PACKAGECONFIG[name]` flag: enable, disable, depends, rdepends, ...
+fn packageconfig_fields(value: &str) -> Vec<String> {
+    value.split(',').map(|f| f.trim().to_string()).collect()
+}
+
+#[test]
+fn packageconfig_turns_on_exactly_the_cargo_features() {
+    let manifest = cargo_manifest();
+    let features = manifest["features"]
+        .as_table()
+        .expect("Cargo.toml has [features]");
+    let default: BTreeSet<String> = features["default"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap().to_string())
+        .collect();
+    let cargo_features: BTreeSet<String> = features
+        .keys()
+        .filter(|k| *k != "default")
+        .cloned()
+        .collect();
+    assert!(!cargo_features.is_empty());
+
+    let recipe = Recipe::parse(RECIPE);
+    let flags = recipe.flags("PACKAGECONFIG");
+    // Each feature: a PACKAGECONFIG of its name that turns it on, and only it.
+    for feature in &cargo_features {
+        let value = flags
+            .get(feature)
+            .unwrap_or_else(|| panic!("no PACKAGECONFIG[{feature}] for cargo feature {feature}"));
+        let fields = packageconfig_fields(value);
+        assert_eq!(
+            fields[0],
+            format!("--features {feature}"),
+            "PACKAGECONFIG[{feature}] must turn the feature on"
+        );
+        assert!(
+            fields[1..].iter().all(String::is_empty),
+            "PACKAGECONFIG[{feature}] = {value:?}"
+        );
+    }
+    // And vice versa: every flag that passes --features names its own feature;
+    // the others are build-time settings and give cargo nothing.
+    for (name, value) in &flags {
+        let fields = packageconfig_fields(value);
+        if cargo_features.contains(name) {
+            continue;
+        }
+        assert!(
+            !value.contains("--features"),
+            "PACKAGECONFIG[{name}] turns on a feature of another name: {value:?}"
+        );
+        assert!(
+            fields.iter().all(String::is_empty),
+            "PACKAGECONFIG[{name}] = {value:?}: not a cargo feature, so no arguments"
+        );
+    }
+    // Only what PACKAGECONFIG turns on is built.
+    assert!(recipe
+        .words("CARGO_BUILD_FLAGS")
+        .contains(&"--no-default-features".to_string()));
+    // By default the recipe builds what a stand-alone build does.
+    let packageconfig: BTreeSet<String> = recipe.words("PACKAGECONFIG").into_iter().collect();
+    let on: BTreeSet<String> = packageconfig
+        .intersection(&cargo_features)
+        .cloned()
+        .collect();
+    assert_eq!(
+        on, default,
+        "default PACKAGECONFIG vs Cargo.toml's default features"
+    );
+}
+
+#[test]
+fn factory_settings_of_meta_lmp_keep_working() {
+    let recipe = Recipe::parse(RECIPE);
+    let factory = |text: &str| {
+        recipe.then(&Recipe {
+            statements: parse_bitbake(text).unwrap(),
+        })
+    };
+    let defined = recipe.flags("PACKAGECONFIG");
+    // OE's invalid-packageconfig check: every word needs a PACKAGECONFIG[word].
+    let assert_valid = |built: &Recipe, what: &str| {
+        for word in built.words("PACKAGECONFIG") {
+            assert!(
+                defined.contains_key(&word),
+                "{what}: PACKAGECONFIG {word} is not defined"
+            );
+        }
+    };
+
+    // meta-lmp's C++ recipe defaults to composeapp and factories append it.
+    assert!(recipe
+        .words("PACKAGECONFIG")
+        .contains(&"composeapp".to_string()));
+    assert_valid(&recipe, "the default");
+    for line in [
+        "PACKAGECONFIG:append = \" composeapp\"",
+        "PACKAGECONFIG:append = \" production composeapp\"",
+        "PACKAGECONFIG = \"composeapp\"",
+        "PACKAGECONFIG:remove = \"composeapp\"",
+    ] {
+        assert_valid(&factory(line), line);
+    }
+    // composeapp reaches the agent as its build-time DOCKER_COMPOSE_APP.
+    assert!(recipe.exported().contains("DOCKER_COMPOSE_APP"));
+    let compose = recipe.required("DOCKER_COMPOSE_APP");
+    assert!(
+        compose.contains("bb.utils.contains('PACKAGECONFIG', 'composeapp', '1', '0', d)"),
+        "DOCKER_COMPOSE_APP = {compose}"
+    );
+    assert!(
+        build_time_variables().contains("DOCKER_COMPOSE_APP"),
+        "the agent reads DOCKER_COMPOSE_APP at build time"
+    );
+
+    // Hostname as the device name: meta-lmp's lmp-device-auto-register
+    // variable and this recipe's own; the latter wins when both are set.
+    const NEW: &str = "LMP_DEVICE_REGISTER_USE_HOSTNAME";
+    const OLD: &str = "LMP_AUTO_REGISTER_USE_HOSTNAME";
+    assert_eq!(recipe.expanded(NEW).as_deref(), Some(""));
+    assert_eq!(
+        factory(&format!("{OLD} = \"1\"")).expanded(NEW).as_deref(),
+        Some("1")
+    );
+    assert_eq!(
+        factory(&format!("{NEW} = \"1\"")).expanded(NEW).as_deref(),
+        Some("1")
+    );
+    assert_eq!(
+        factory(&format!("{OLD} = \"1\"\n{NEW} = \"0\""))
+            .expanded(NEW)
+            .as_deref(),
+        Some("0")
+    );
+    let install = recipe.function("do_install:append");
+    let condition = install
+        .lines()
+        .find(|l| l.contains(NEW))
+        .unwrap_or_else(|| panic!("do_install does not look at {NEW}"));
+    assert!(
+        condition.contains(&format!("bb.utils.to_boolean(d.getVar('{NEW}'), False)")),
+        "{condition}"
+    );
+    assert!(install.contains("Environment=USE_HOSTNAME=1"));
+    let handler = recipe.function("lmp_device_register_rs_check_settings");
+    for var in [NEW, OLD] {
+        assert!(
+            handler.contains(&format!("\"{var}\"")),
+            "a bad {var} must be refused when the recipe is parsed"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The recipe's LICENSE: what the binary links
+// ---------------------------------------------------------------------------
+
+/// A license expression as an AND of OR-clauses (conjunctive normal form),
+/// each name in OE's spelling. Reads SPDX (`AND`, `OR`, `WITH`, the old
+/// `MIT/Apache-2.0`) and OE (`&`, `|`) syntax alike.
+type Clauses = BTreeSet<BTreeSet<String>>;
+
+fn license_clauses(expression: &str) -> Clauses {
+    let spaced = expression
+        .replace('(', " ( ")
+        .replace(')', " ) ")
+        .replace('&', " AND ")
+        .replace(['|', '/'], " OR ");
+    let tokens: Vec<&str> = spaced.split_whitespace().collect();
+
+    fn or(tokens: &[&str], at: &mut usize, whole: &str) -> Clauses {
+        let mut clauses = and(tokens, at, whole);
+        while tokens.get(*at) == Some(&"OR") {
+            *at += 1;
+            let right = and(tokens, at, whole);
+            clauses = clauses
+                .iter()
+                .flat_map(|l| right.iter().map(move |r| l.union(r).cloned().collect()))
+                .collect();
+        }
+        clauses
+    }
+    fn and(tokens: &[&str], at: &mut usize, whole: &str) -> Clauses {
+        let mut clauses = one(tokens, at, whole);
+        while tokens.get(*at) == Some(&"AND") {
+            *at += 1;
+            clauses.extend(one(tokens, at, whole));
+        }
+        clauses
+    }
+    fn one(tokens: &[&str], at: &mut usize, whole: &str) -> Clauses {
+        let token = *tokens
+            .get(*at)
+            .unwrap_or_else(|| panic!("license expression ends early: {whole}"));
+        *at += 1;
+        if token == "(" {
+            let inner = or(tokens, at, whole);
+            assert_eq!(tokens.get(*at), Some(&")"), "unbalanced: {whole}");
+            *at += 1;
+            return inner;
+        }
+        assert!(
+            !matches!(token, ")" | "AND" | "OR" | "WITH"),
+            "unexpected {token} in {whole}"
+        );
+        let mut name = token.to_string();
+        if tokens.get(*at) == Some(&"WITH") {
+            // OE's common-licenses spell "A WITH B" as "A-with-B".
+            name = format!("{name}-with-{}", tokens[*at + 1]);
+            *at += 2;
+        }
+        BTreeSet::from([BTreeSet::from([name])])
+    }
+
+    let mut at = 0;
+    let clauses = or(&tokens, &mut at, expression);
+    assert_eq!(at, tokens.len(), "trailing tokens in {expression}");
+    clauses
+}
+
+/// The clauses as a recipe's LICENSE value: this project's license first,
+/// then single licenses, then the choices.
+fn oe_license(clauses: &Clauses, project: &str) -> String {
+    let mut ordered: Vec<&BTreeSet<String>> = clauses.iter().collect();
+    ordered.sort_by_key(|c| (!c.contains(project) || c.len() > 1, c.len(), (*c).clone()));
+    ordered
+        .iter()
+        .map(|c| {
+            let names: Vec<&str> = c.iter().map(String::as_str).collect();
+            match names.as_slice() {
+                [one] => one.to_string(),
+                many => format!("({})", many.join(" | ")),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" & ")
+}
+
+/// The packages linked into the binary on the Linux targets LmP builds for,
+/// with every profile on (what any PACKAGECONFIG can build): the root and
+/// its normal dependencies, not build scripts' or proc-macros' (those run on
+/// the build host), nor dev-dependencies.
+fn linked_packages() -> Vec<(String, String, Option<String>)> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut command = Command::new(cargo);
+    command
+        .args(["metadata", "--format-version", "1", "--offline", "--locked"])
+        .arg("--all-features")
+        .current_dir(repo());
+    for target in [
+        "x86_64-unknown-linux-gnu",
+        "aarch64-unknown-linux-gnu",
+        "armv7-unknown-linux-gnueabihf",
+        "riscv64gc-unknown-linux-gnu",
+    ] {
+        command.args(["--filter-platform", target]);
+    }
+    let output = command.output().expect("cargo metadata runs");
+    assert!(
+        output.status.success(),
+        "cargo metadata failed (run `cargo fetch --locked` first):\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let metadata: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let packages: std::collections::HashMap<&str, &serde_json::Value> = metadata["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["id"].as_str().unwrap(), p))
+        .collect();
+    let nodes: std::collections::HashMap<&str, &serde_json::Value> = metadata["resolve"]["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| (n["id"].as_str().unwrap(), n))
+        .collect();
+    let is_proc_macro = |id: &str| {
+        packages[id]["targets"].as_array().unwrap().iter().any(|t| {
+            t["kind"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|k| k == "proc-macro")
+        })
+    };
+    let mut seen = BTreeSet::new();
+    let mut todo = vec![metadata["resolve"]["root"].as_str().unwrap()];
+    while let Some(id) = todo.pop() {
+        if !seen.insert(id) {
+            continue;
+        }
+        for dep in nodes[id]["deps"].as_array().unwrap() {
+            let normal = dep["dep_kinds"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|k| k["kind"].is_null());
+            let dep_id = dep["pkg"].as_str().unwrap();
+            if normal && !is_proc_macro(dep_id) {
+                todo.push(dep_id);
+            }
+        }
+    }
+    seen.into_iter()
+        .map(|id| {
+            let p = packages[id];
+            (
+                p["name"].as_str().unwrap().to_string(),
+                p["version"].as_str().unwrap().to_string(),
+                p["license"].as_str().map(str::to_string),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn recipe_license_covers_every_crate_the_binary_links() {
+    let packages = linked_packages();
+    assert!(
+        packages.iter().any(|(name, ..)| name == "ring")
+            && !packages.iter().any(|(name, ..)| name == "serde_derive"),
+        "the linked set must hold ring and not the serde_derive proc-macro"
+    );
+    let mut expected = Clauses::new();
+    for (name, version, license) in &packages {
+        let license = license
+            .as_deref()
+            .unwrap_or_else(|| panic!("{name} {version} declares no SPDX license"));
+        expected.extend(license_clauses(license));
+    }
+    let project = cargo_package_field("license");
+    let recipe = Recipe::parse(RECIPE);
+    let declared = license_clauses(&recipe.required("LICENSE"));
+    assert!(
+        declared == expected,
+        "the recipe's LICENSE does not match the {} linked packages.\n\
+         missing: {:?}\nnot linked: {:?}\nuse:\nLICENSE = \"{}\"",
+        packages.len(),
+        expected.difference(&declared).collect::<Vec<_>>(),
+        declared.difference(&expected).collect::<Vec<_>>(),
+        oe_license(&expected, &project)
+    );
+    assert!(
+        declared.contains(&BTreeSet::from([project.clone()])),
+        "LICENSE lacks this project's own {project}"
+    );
+
+    // cargo-deny admits a package when one license of each clause is in
+    // deny.toml's allow list: so must every clause here.
+    let deny: toml::Table = read("deny.toml").parse().unwrap();
+    let allowed: BTreeSet<String> = deny["licenses"]["allow"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|l| license_clauses(l.as_str().unwrap()))
+        .flatten()
+        .collect();
+    for clause in &declared {
+        assert!(
+            clause.iter().any(|name| allowed.contains(name)),
+            "no license of {clause:?} is allowed by deny.toml"
+        );
+    }
+}
+
+#[test]
+fn license_expressions_become_clauses() {
+    let set = |clauses: &[&[&str]]| -> Clauses {
+        clauses
+            .iter()
+            .map(|c| c.iter().map(|n| n.to_string()).collect())
+            .collect()
+    };
+    assert_eq!(
+        license_clauses("MIT OR Apache-2.0"),
+        set(&[&["Apache-2.0", "MIT"]])
+    );
+    assert_eq!(
+        license_clauses("MIT/Apache-2.0"),
+        license_clauses("Apache-2.0 | MIT")
+    );
+    assert_eq!(
+        license_clauses("(MIT OR Apache-2.0) AND Unicode-3.0"),
+        set(&[&["Apache-2.0", "MIT"], &["Unicode-3.0"]])
+    );
+    assert_eq!(
+        license_clauses("Apache-2.0 WITH LLVM-exception OR MIT"),
+        set(&[&["Apache-2.0-with-LLVM-exception", "MIT"]])
+    );
+    assert_eq!(
+        license_clauses("(A & B) | C"),
+        set(&[&["A", "C"], &["B", "C"]])
+    );
+    assert_eq!(
+        oe_license(
+            &license_clauses("MIT & (ISC | MIT) & BSD-3-Clause & Zlib"),
+            "BSD-3-Clause"
+        ),
+        "BSD-3-Clause & MIT & Zlib & (ISC | MIT)"
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -791,40 +1362,91 @@ fn crates_inc_is_generated_from_cargo_lock() {
     );
 }
 
+/// Every `Cargo.lock` under `dir`, build output and hidden directories aside.
+fn lock_files(dir: &Path, found: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let path = entry.path();
+        if path.is_dir() {
+            if name != "target" && !name.starts_with('.') {
+                lock_files(&path, found);
+            }
+        } else if name == "Cargo.lock" {
+            found.push(path);
+        }
+    }
+}
+
 #[test]
-fn crates_inc_fetches_every_registry_package_of_cargo_lock() {
-    // Independent of the generator: read Cargo.lock here and look for each
-    // crates.io package, with its checksum, in the .inc.
+fn crates_inc_is_what_update_crates_writes() {
+    // oe-core's do_update_crates (cargo-update-recipe-crates.bbclass, the
+    // same on whinlatter, wrynose and master) lists the crates.io packages of
+    // every Cargo.lock under S, in lock order, as "crate://crates.io/NAME/VER \"
+    // lines (no ;name=: the crate fetcher names each NAME-VER itself), then
+    // their checksums. Built here from Cargo.lock, independently of the
+    // generator, and compared byte for byte.
+    let mut locks = Vec::new();
+    lock_files(&repo(), &mut locks);
+    assert_eq!(
+        locks,
+        [repo().join("Cargo.lock")],
+        "update_crates would list the crates of every Cargo.lock in the tree"
+    );
     let lock: toml::Table = read("Cargo.lock").parse().unwrap();
-    let inc_path = "yocto-recipe/lmp-device-register-rs-crates.inc";
-    let inc = Recipe::parse(inc_path);
-    let uris = inc.words("SRC_URI");
-    let mut expected = 0;
+    let mut uris = String::new();
+    let mut checksums = String::new();
     for package in lock["package"].as_array().unwrap() {
         let Some(source) = package.get("source").and_then(|s| s.as_str()) else {
             continue;
         };
         assert!(
-            source.starts_with("registry+"),
-            "{package:?}: not from a registry"
+            source.starts_with("registry+") && source.contains("crates.io"),
+            "{package:?}: not from crates.io"
         );
         let name = package["name"].as_str().unwrap();
         let version = package["version"].as_str().unwrap();
-        let uri = format!("crate://crates.io/{name}/{version};name={name}-{version}");
-        assert!(uris.contains(&uri), "{inc_path} lacks {uri}");
-        assert_eq!(
-            inc.flag("SRC_URI", &format!("{name}-{version}.sha256sum"))
-                .as_deref(),
-            package["checksum"].as_str(),
-            "checksum of {name} {version}"
-        );
-        expected += 1;
+        let checksum = package["checksum"].as_str().unwrap();
+        uris.push_str(&format!("\n    crate://crates.io/{name}/{version} \\"));
+        checksums.push_str(&format!(
+            "\nSRC_URI[{name}-{version}.sha256sum] = \"{checksum}\""
+        ));
     }
-    assert_eq!(
-        uris.len(),
-        expected,
-        "{inc_path} fetches crates Cargo.lock does not list"
+    let expected = format!(
+        "# Autogenerated with 'bitbake -c update_crates lmp-device-register-rs'\n\n\
+         # from Cargo.lock\nSRC_URI += \" \\{uris}\n\"\n{checksums}\n"
     );
+    let inc_path = "yocto-recipe/lmp-device-register-rs-crates.inc";
+    let current = read(inc_path);
+    if current != expected {
+        let first = current
+            .lines()
+            .zip(expected.lines())
+            .position(|(a, b)| a != b)
+            .unwrap_or(current.lines().count().min(expected.lines().count()));
+        panic!(
+            "{inc_path} is not in update_crates' form from Cargo.lock; first difference at line {}:\n  have: {:?}\n  want: {:?}",
+            first + 1,
+            current.lines().nth(first),
+            expected.lines().nth(first)
+        );
+    }
+    // And BitBake reads every crate with its checksum.
+    let inc = Recipe::parse(inc_path);
+    let fetched = inc.words("SRC_URI");
+    assert!(!fetched.is_empty());
+    for uri in &fetched {
+        let (name, version) = uri
+            .strip_prefix("crate://crates.io/")
+            .and_then(|rest| rest.split_once('/'))
+            .unwrap_or_else(|| panic!("{uri}"));
+        assert!(
+            inc.flag("SRC_URI", &format!("{name}-{version}.sha256sum"))
+                .is_some_and(|c| c.len() == 64),
+            "{uri} has no sha256sum"
+        );
+    }
 }
 
 #[test]
@@ -927,9 +1549,44 @@ fn factory_layer_examples_configure_the_recipe_and_install_valid_files() {
         recipe.value("LMP_DEVICE_API").is_some(),
         "the bbappend sets a knob the recipe has"
     );
+    // The repository the recipe needs, in the form its parse-time check takes.
+    let repository = bbappend.required("LMP_DEVICE_REGISTER_RS_GIT");
+    assert!(
+        repository.starts_with("git://") && !repository.contains(";branch="),
+        "{repository}"
+    );
+    // With the bbappend applied, every PACKAGECONFIG is one the recipe
+    // defines (OE's invalid-packageconfig check), and LmP is left alone.
+    let built = recipe.then(&bbappend);
+    let defined = recipe.flags("PACKAGECONFIG");
+    let words = built.words("PACKAGECONFIG");
+    for word in &words {
+        assert!(
+            defined.contains_key(word),
+            "PACKAGECONFIG {word} is not defined"
+        );
+    }
+    for profile in ["losant", "tii", "azure-dps"] {
+        assert!(
+            !words.contains(&profile.to_string()),
+            "{profile} still built"
+        );
+    }
 
     let config_dir = format!("{base}/lmp-device-register-config");
     let config = Recipe::parse(&format!("{config_dir}/lmp-device-register-config.bb"));
+    // It depends on the agent, whose package is machine-specific: so is it.
+    // (allarch with such a dependency gets another signature per machine and
+    // is rebuilt for each.)
+    assert_eq!(recipe.required("PACKAGE_ARCH"), "${MACHINE_ARCH}");
+    assert!(config
+        .words("RDEPENDS:${PN}")
+        .contains(&"lmp-device-register-rs".to_string()));
+    assert!(
+        !config.inherits().contains("allarch"),
+        "an allarch recipe must not depend on a machine-specific package"
+    );
+    assert_eq!(config.required("PACKAGE_ARCH"), "${MACHINE_ARCH}");
     let install = config.function("do_install");
     for uri in config.words("SRC_URI") {
         let file = uri.strip_prefix("file://").expect("only local files");
@@ -1106,6 +1763,16 @@ fn unit_runs_boot_mode_once_without_secrets_on_its_command_line() {
         );
     }
     assert_eq!(get("Service", "ProtectSystem").as_deref(), Some("strict"));
+    // The other profiles' default state dirs (under /var/lib, read-only
+    // with ProtectSystem=strict): made private and writable by systemd.
+    let state_dirs = list("Service", "StateDirectory");
+    for dir in ["losant", "fleet-registration", "azure-dps"] {
+        assert!(
+            state_dirs.contains(&dir.to_string()),
+            "StateDirectory lacks {dir}"
+        );
+    }
+    assert_eq!(get("Service", "StateDirectoryMode").as_deref(), Some("0700"));
 
     // ExecStart: the agent in boot mode, nothing secret, and flags the agent
     // itself accepts.

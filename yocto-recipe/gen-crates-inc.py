@@ -2,15 +2,18 @@
 """Write yocto-recipe/lmp-device-register-rs-crates.inc from Cargo.lock.
 
 The recipe fetches every crates.io package of Cargo.lock with BitBake's
-crate:// fetcher, because poky's cargo class builds with --frozen and cargo
+crate:// fetcher, because oe-core's cargo class builds with --frozen and cargo
 resolves the whole workspace (dev-dependencies and the tests/device-api member
 included) before it builds anything: every registry package of the lock file
 must be in the offline vendor directory, not only the ones that end up in the
 binary.
 
-The output is byte-for-byte what poky's cargo-update-recipe-crates class
-writes ("bitbake -c update_crates lmp-device-register-rs"), so either tool
-can refresh the file and the other will agree with it.
+The output is byte-for-byte what oe-core's cargo-update-recipe-crates class
+writes ("bitbake -c update_crates lmp-device-register-rs"; the same on
+whinlatter, wrynose and master), so either tool can refresh the file and the
+other will agree with it. That form names no ";name=" parameter: BitBake's
+crate fetcher names each crate NAME-VERSION itself, which is the key of its
+SRC_URI[NAME-VERSION.sha256sum] line.
 
 Usage:
     yocto-recipe/gen-crates-inc.py           rewrite the .inc
@@ -58,7 +61,7 @@ def render(lock_text, lock_name="Cargo.lock"):
     out.append(f"# from {lock_name}\n")
     out.append('SRC_URI += " \\\n')
     for name, version, _ in packages:
-        out.append(f"    crate://crates.io/{name}/{version};name={name}-{version} \\\n")
+        out.append(f"    crate://crates.io/{name}/{version} \\\n")
     out.append('"\n\n')
     for name, version, checksum in packages:
         out.append(f'SRC_URI[{name}-{version}.sha256sum] = "{checksum}"\n')

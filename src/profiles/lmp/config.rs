@@ -22,6 +22,11 @@ pub mod build {
     };
     /// `PRODUCTION` at build time; parsed with the same words as at run time.
     pub const PRODUCTION: Option<&str> = option_env!("PRODUCTION");
+    /// Whether the image runs compose apps (the `composeapp` PACKAGECONFIG,
+    /// named after the C++ tool's build option): `0` means it has none, so
+    /// the agent does not configure compose apps unless it is asked to.
+    /// Unset (a stand-alone build) means it does.
+    pub const DOCKER_COMPOSE_APP: Option<&str> = option_env!("DOCKER_COMPOSE_APP");
 }
 
 pub const DEFAULT_TOKEN_HEADER: &str = "OSF-TOKEN";
@@ -134,6 +139,39 @@ fn list_dir_names(dir: &Path) -> Result<Option<Vec<String>>, String> {
     }
     names.sort();
     Ok(Some(names))
+}
+
+/// The compose apps to configure and the restorable apps, if any. Asked for
+/// (flag, `APPS`, the config file) they are always configured; otherwise they
+/// come from the image's preloaded apps, which an image built without compose
+/// apps does not have: the C++ tool built without them sends no compose-app
+/// settings at all, and neither does the agent then.
+fn resolve_apps(
+    r: &mut Resolver<'_>,
+    table_apps: Option<&Vec<String>>,
+    image_has_compose_apps: bool,
+) -> (Option<Vec<String>>, Option<Vec<String>>) {
+    let cli = r.cli;
+    let apps = if let Some(a) = &cli.apps {
+        Some(split_list(a))
+    } else if let Some(a) = r.env("APPS") {
+        Some(split_list(a))
+    } else if let Some(a) = table_apps {
+        Some(a.clone())
+    } else if image_has_compose_apps {
+        list_dir_names(&r.path(paths::COMPOSE_APPS)).unwrap_or_else(|e| {
+            r.problem(e);
+            None
+        })
+    } else {
+        None
+    };
+    let restorable_apps = match &cli.restorable_apps {
+        Some(list) => Some(split_list(list)),
+        None if image_has_compose_apps && r.path(paths::RESET_APPS).exists() => Some(Vec::new()),
+        None => None,
+    };
+    (apps, restorable_apps)
 }
 
 fn url(r: &mut Resolver<'_>, what: &str, value: &str) -> Option<reqwest::Url> {
@@ -313,24 +351,15 @@ pub fn resolve(r: &mut Resolver<'_>) -> Option<LmpSettings> {
         },
     };
 
-    // Apps.
-    let apps = if let Some(a) = &cli.apps {
-        Some(split_list(a))
-    } else if let Some(a) = r.env("APPS") {
-        Some(split_list(a))
-    } else if let Some(a) = &table.apps {
-        Some(a.clone())
-    } else {
-        list_dir_names(&r.path(paths::COMPOSE_APPS)).unwrap_or_else(|e| {
-            r.problem(e);
-            None
-        })
+    let image_has_compose_apps = match build::DOCKER_COMPOSE_APP.map(parse_bool_word) {
+        None => true,
+        Some(Ok(on)) => on,
+        Some(Err(e)) => {
+            r.problem(format!("build-time DOCKER_COMPOSE_APP: {e}"));
+            true
+        }
     };
-    let restorable_apps = match &cli.restorable_apps {
-        Some(list) => Some(split_list(list)),
-        None if r.path(paths::RESET_APPS).exists() => Some(Vec::new()),
-        None => None,
-    };
+    let (apps, restorable_apps) = resolve_apps(r, table.apps.as_ref(), image_has_compose_apps);
 
     // Token: flag, then a token file (flag, TOKEN_FILE, config, default path
     // if present).
@@ -463,6 +492,56 @@ pub fn resolve(r: &mut Resolver<'_>) -> Option<LmpSettings> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use crate::cli::Cli;
+    use crate::config::Environment;
+
+    /// Apps and restorable apps resolved under a root that has preloaded
+    /// compose apps and the reset-apps marker.
+    fn apps_under_preloaded_root(
+        args: &[&str],
+        env: &[(&str, &str)],
+        image_has_compose_apps: bool,
+    ) -> (Option<Vec<String>>, Option<Vec<String>>) {
+        let root = tempfile::tempdir().unwrap();
+        for app in ["shellhttpd", "nginx"] {
+            std::fs::create_dir_all(root.path().join(paths::COMPOSE_APPS).join(app)).unwrap();
+        }
+        std::fs::write(root.path().join(paths::RESET_APPS), "").unwrap();
+        let root_arg = root.path().to_str().unwrap();
+        let argv = ["lmp-device-register", "--root", root_arg]
+            .into_iter()
+            .chain(args.iter().copied());
+        let cli = <Cli as clap::Parser>::parse_from(argv);
+        let env = Environment::from_pairs(env.iter().copied());
+        let mut r = Resolver::new(&cli, Vec::new(), &env).unwrap();
+        resolve_apps(&mut r, None, image_has_compose_apps)
+    }
+
+    #[test]
+    fn preloaded_compose_apps_are_configured_only_in_an_image_with_compose_apps() {
+        let apps = |list: &[&str]| Some(list.iter().map(|a| a.to_string()).collect());
+        assert_eq!(
+            apps_under_preloaded_root(&[], &[], true),
+            (apps(&["nginx", "shellhttpd"]), apps(&[]))
+        );
+        assert_eq!(apps_under_preloaded_root(&[], &[], false), (None, None));
+        // Asked for, they are configured either way.
+        for image_has_compose_apps in [true, false] {
+            assert_eq!(
+                apps_under_preloaded_root(
+                    &["--apps", "a,b", "--restorable-apps", "a"],
+                    &[],
+                    image_has_compose_apps
+                ),
+                (apps(&["a", "b"]), apps(&["a"]))
+            );
+            assert_eq!(
+                apps_under_preloaded_root(&[], &[("APPS", "c")], image_has_compose_apps).0,
+                apps(&["c"])
+            );
+        }
+    }
 
     #[test]
     fn pins_aktualizr_lite_would_misread_are_refused() {

@@ -10,7 +10,11 @@ SRC_URI = " \
 "
 S = "${UNPACKDIR}"
 
-inherit allarch
+# Not allarch: the files belong to one machine (the HSM module path is the
+# SE050's) and the package depends on lmp-device-register-rs, which is
+# machine-specific; an allarch recipe with such a dependency would be rebuilt
+# for every machine anyway.
+PACKAGE_ARCH = "${MACHINE_ARCH}"
 
 do_install() {
 	install -d ${D}${sysconfdir}/sota

@@ -1,7 +1,15 @@
 # Factory settings for lmp-device-register-rs (meta-subscriber-overrides).
 
+# Where this recipe fetches the agent from (required: parsing stops while it
+# is unset). SRCREV in the recipe pins the commit.
+LMP_DEVICE_REGISTER_RS_GIT = "git://git.example.com/lmp-device-register-rs.git;protocol=https"
+
 # Every device registered by this image is a production device.
 PACKAGECONFIG:append = " production"
+
+# This factory's devices only ever register with LmP: leave the other
+# profiles out of the binary.
+PACKAGECONFIG:remove = "losant tii azure-dps"
 
 # Register against the factory's own reference server on the production line
 # network instead of api.foundries.io (192.0.2.10 is a documentation address).
