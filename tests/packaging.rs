@@ -1772,7 +1772,10 @@ fn unit_runs_boot_mode_once_without_secrets_on_its_command_line() {
             "StateDirectory lacks {dir}"
         );
     }
-    assert_eq!(get("Service", "StateDirectoryMode").as_deref(), Some("0700"));
+    assert_eq!(
+        get("Service", "StateDirectoryMode").as_deref(),
+        Some("0700")
+    );
 
     // ExecStart: the agent in boot mode, nothing secret, and flags the agent
     // itself accepts.
