@@ -1,16 +1,29 @@
-//! Prints the agent's budget figures: binary size, shared libraries, start-up
-//! time, and wall/CPU/peak RSS of whole registrations against the loopback
-//! API. Numbers, not pass/fail: the machines are shared and noisy.
+//! Prints the agent's budget figures: binary sizes, shared libraries,
+//! start-up time, wall/CPU/peak RSS, instructions and fsyncs of whole
+//! registrations against the loopback API (http, https with `--cacert`,
+//! https with the system roots, SoftHSM2), and, when
+//! `LMP_DEVICE_REGISTER_CXX` names a build of the C++ `lmp-device-register`,
+//! the same figures for it side by side. Numbers, not pass/fail: the machines
+//! are shared and noisy (instructions are the stable figure).
 //!
-//! `cargo bench --bench register` (add `-- --quick` for one round).
+//! `cargo bench --bench register` (20 rounds), `-- --quick` (5 rounds, as CI
+//! runs it).
+//!
+//! It measures the binary `cargo build --release` ships: `cargo bench`
+//! builds `target/release/lmp-device-register` with the dev-dependencies'
+//! features, so this benchmark builds the shipped one itself (and, for its
+//! size only, the LmP-only one with `--no-default-features`).
 
 use device_api::{DeviceApi, Options};
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
-use std::process::Command;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const AGENT: &str = env!("CARGO_BIN_EXE_lmp-device-register");
+const MIB: f64 = 1024.0 * 1024.0;
+const SOFTHSM: &str = "/usr/lib/softhsm/libsofthsm2.so";
+/// The LmP-only build's budget.
+const LMP_ONLY_BUDGET: u64 = 4 * 1024 * 1024;
 
 struct Usage {
     wall: Duration,
@@ -26,7 +39,7 @@ struct Usage {
 #[allow(clippy::zombie_processes)]
 fn measure(cmd: &mut Command) -> Usage {
     let started = Instant::now();
-    let child = cmd.spawn().expect("spawn agent");
+    let child = cmd.spawn().expect("spawn");
     let mut status = 0;
     // SAFETY: plain syscall on our own child, with valid out-pointers.
     let mut usage: nix::libc::rusage = unsafe { std::mem::zeroed() };
@@ -51,6 +64,53 @@ fn median(mut values: Vec<Duration>) -> Duration {
     values[values.len() / 2]
 }
 
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// Builds the agent as `cargo build --release` does (plus `extra`) and
+/// returns a copy of the binary that a later build cannot overwrite.
+fn build_release(extra: &[&str], copy_as: &str) -> PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let output = Command::new(cargo)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["build", "--release", "--locked", "--quiet"])
+        .args(["--bin", "lmp-device-register", "--message-format=json"])
+        .args(extra)
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run cargo build");
+    assert!(
+        output.status.success(),
+        "cargo build --release {extra:?} failed"
+    );
+    let executable = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .find_map(|message| message["executable"].as_str().map(PathBuf::from))
+        .expect("cargo names the executable");
+    let copy = executable.with_file_name(copy_as);
+    std::fs::copy(&executable, &copy).expect("copy the binary");
+    copy
+}
+
+fn size_line(what: &str, binary: &Path, budget: Option<u64>) {
+    let size = std::fs::metadata(binary).unwrap().len();
+    let verdict = match budget {
+        Some(budget) if size > budget => {
+            format!(" OVER the budget of {:.0} MiB", budget as f64 / MIB)
+        }
+        Some(budget) => format!(" (budget {:.0} MiB)", budget as f64 / MIB),
+        None => String::new(),
+    };
+    println!(
+        "{what}: {:.2} MiB ({size} bytes){verdict}",
+        size as f64 / MIB
+    );
+}
+
+/// A device root with the API token; `https` adds nothing, the TLS set-up
+/// is in the arguments and environment.
 fn device_root(dir: &Path) {
     std::fs::create_dir_all(dir.join("etc")).unwrap();
     let token = dir.join("etc/lmp-device-register-token");
@@ -58,14 +118,187 @@ fn device_root(dir: &Path) {
     std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
 }
 
+/// How a registration is run: which binary, and what it needs around it.
+type Prepare<'a> = &'a dyn Fn(&Path, &mut Command);
+
+/// A command that registers a fresh device rooted at `dir` with our agent.
+fn ours<'a>(
+    agent: &'a Path,
+    api: &'a DeviceApi,
+    prepare: Prepare<'a>,
+) -> impl Fn(&Path) -> Command + 'a {
+    move |dir: &Path| {
+        device_root(dir);
+        let mut cmd = Command::new(agent);
+        cmd.env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .arg("--root")
+            .arg(dir)
+            .args(["--device-api", &api.url(), "-f", "demo-factory"])
+            .args(["-t", "main", "-i", "bench", "--start-daemon", "0"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        prepare(dir, &mut cmd);
+        cmd
+    }
+}
+
+/// The same registration with the C++ tool (token on its command line: it
+/// has no other way; this is a benchmark with a throw-away token).
+fn theirs<'a>(tool: &'a Path, api: &'a DeviceApi) -> impl Fn(&Path) -> Command + 'a {
+    move |dir: &Path| {
+        let sota = dir.join("var/sota");
+        std::fs::create_dir_all(&sota).unwrap();
+        let mut cmd = Command::new(tool);
+        cmd.env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("DEVICE_API", api.url())
+            .args(["-T", "demo-token", "-f", "demo-factory", "-t", "main"])
+            .args(["-i", "bench", "--start-daemon", "0", "-d"])
+            .arg(&sota)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        cmd
+    }
+}
+
+#[derive(Default)]
+struct Figures {
+    wall: Duration,
+    cpu: Duration,
+    peak_rss_kib: i64,
+    instructions: Option<u64>,
+    fsyncs: Option<usize>,
+}
+
+/// `rounds` registrations, each in a fresh device root, then one under
+/// callgrind (instructions) and one under strace (fsyncs).
+fn registrations(rounds: usize, what: &str, command: &dyn Fn(&Path) -> Command) -> Figures {
+    let mut walls = Vec::new();
+    let mut cpus = Vec::new();
+    let mut figures = Figures::default();
+    for _ in 0..rounds {
+        let dir = tempfile::tempdir().unwrap();
+        let usage = measure(&mut command(dir.path()));
+        assert_eq!(usage.code, 0, "{what} failed");
+        walls.push(usage.wall);
+        cpus.push(usage.cpu);
+        figures.peak_rss_kib = figures.peak_rss_kib.max(usage.max_rss_kib);
+    }
+    figures.wall = median(walls);
+    figures.cpu = median(cpus);
+    figures.instructions = instructions(command);
+    figures.fsyncs = fsyncs(command);
+    println!(
+        "{what} (median of {rounds}): wall {:.2} ms, CPU {:.2} ms, peak RSS {:.2} MiB, {}, {}",
+        ms(figures.wall),
+        ms(figures.cpu),
+        figures.peak_rss_kib as f64 / 1024.0,
+        figures
+            .instructions
+            .map_or("instructions: valgrind not installed".into(), |n| format!(
+                "{:.2} M instructions",
+                n as f64 / 1e6
+            )),
+        figures
+            .fsyncs
+            .map_or("fsyncs: strace not installed".into(), |n| format!(
+                "{n} fsyncs"
+            )),
+    );
+    figures
+}
+
+fn tool_installed(tool: &str) -> bool {
+    Command::new(tool)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Instructions of one registration (the process itself, dynamic loading
+/// and every library included), counted by callgrind: the one figure a
+/// shared, noisy machine reproduces.
+fn instructions(command: &dyn Fn(&Path) -> Command) -> Option<u64> {
+    if !tool_installed("valgrind") {
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("valgrind.log");
+    let plain = command(dir.path());
+    let mut cmd = Command::new("valgrind");
+    cmd.arg("--tool=callgrind")
+        .arg("--callgrind-out-file=/dev/null")
+        .arg(format!("--log-file={}", log.display()))
+        .arg(plain.get_program())
+        .args(plain.get_args())
+        .env_clear()
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    for (name, value) in plain.get_envs() {
+        if let Some(value) = value {
+            cmd.env(name, value);
+        }
+    }
+    let status = cmd.status().ok()?;
+    assert!(status.success(), "registration under callgrind failed");
+    let text = std::fs::read_to_string(&log).ok()?;
+    text.lines()
+        .find_map(|l| l.split("Collected : ").nth(1))
+        .and_then(|n| n.trim().parse().ok())
+}
+
+/// fsync-like calls of one registration, counted by strace.
+fn fsyncs(command: &dyn Fn(&Path) -> Command) -> Option<usize> {
+    if !tool_installed("strace") {
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("strace.txt");
+    let plain = command(dir.path());
+    let mut cmd = Command::new("strace");
+    cmd.args(["-f", "-qq", "-o"])
+        .arg(&trace)
+        .arg("--trace=fsync,fdatasync,syncfs,sync,sync_file_range,msync")
+        .arg(plain.get_program())
+        .args(plain.get_args())
+        .env_clear()
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    for (name, value) in plain.get_envs() {
+        if let Some(value) = value {
+            cmd.env(name, value);
+        }
+    }
+    let status = cmd.status().ok()?;
+    assert!(status.success(), "registration under strace failed");
+    let text = std::fs::read_to_string(&trace).ok()?;
+    Some(text.lines().filter(|l| l.contains("sync")).count())
+}
+
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
-    let rounds = if quick { 1 } else { 10 };
+    let rounds = if quick { 5 } else { 20 };
 
-    let size = std::fs::metadata(AGENT).unwrap().len();
-    println!("binary: {AGENT}");
-    println!("size: {:.2} MiB ({size} bytes)", size as f64 / 1048576.0);
-    match Command::new("ldd").arg(AGENT).output() {
+    let lmp_only = build_release(&["--no-default-features"], "lmp-device-register.lmp-only");
+    let agent = build_release(&[], "lmp-device-register.shipped");
+    println!(
+        "binary: {} (as `cargo build --release` builds it)",
+        agent.display()
+    );
+    size_line("size, default features, stripped", &agent, None);
+    size_line(
+        "size, LmP only (--no-default-features), stripped",
+        &lmp_only,
+        Some(LMP_ONLY_BUDGET),
+    );
+    match Command::new("ldd").arg(&agent).output() {
         Ok(out) => {
             let text = String::from_utf8_lossy(&out.stdout);
             let libs: Vec<&str> = text
@@ -78,36 +311,69 @@ fn main() {
         Err(e) => println!("shared libraries: ldd unavailable ({e})"),
     }
 
-    let startup: Vec<Duration> = (0..rounds.max(5))
-        .map(|_| {
-            measure(
-                Command::new(AGENT)
-                    .arg("--version")
-                    .stdout(std::process::Stdio::null()),
-            )
-            .wall
-        })
+    let startup: Vec<Duration> = (0..rounds)
+        .map(|_| measure(Command::new(&agent).arg("--version").stdout(Stdio::null())).wall)
         .collect();
     println!(
-        "--version wall (median of {}): {:.2} ms",
-        startup.len(),
-        median(startup).as_secs_f64() * 1e3
+        "--version wall (median of {rounds}): {:.2} ms",
+        ms(median(startup))
     );
 
-    let api = DeviceApi::start(Options::default());
-    registrations(&api, rounds, "software-key registration", |_, _| {});
-
-    const SOFTHSM: &str = "/usr/lib/softhsm/libsofthsm2.so";
-    if !Path::new(SOFTHSM).exists() {
-        println!("SoftHSM2 registration: skipped, {SOFTHSM} is not installed");
-        return;
-    }
-    // A first-boot registration: the agent initialises the token.
-    registrations(
-        &api,
+    let api = DeviceApi::start(Options {
+        accept_string_booleans: true,
+        ..Options::default()
+    });
+    let nothing: Prepare = &|_, _| {};
+    let http = registrations(
         rounds,
-        "SoftHSM2 registration incl. token init",
-        |root, cmd| {
+        "software-key registration, http",
+        &ours(&agent, &api, nothing),
+    );
+
+    let tls_api = DeviceApi::start(Options {
+        tls: true,
+        ..Options::default()
+    });
+    let certs = tempfile::tempdir().unwrap();
+    let server_ca = certs.path().join("server-ca.pem");
+    std::fs::write(&server_ca, tls_api.server_ca_pem()).unwrap();
+    let with_cacert: Prepare = &|_, cmd| {
+        cmd.arg("--cacert").arg(&server_ca);
+    };
+    let cacert = registrations(
+        rounds,
+        "software-key registration, https with --cacert",
+        &ours(&agent, &tls_api, with_cacert),
+    );
+    // The system's roots plus the test CA, read the way the system roots
+    // are (rustls-native-certs honours SSL_CERT_FILE).
+    let bundle = certs.path().join("system-roots-and-test-ca.pem");
+    let system = std::fs::read_to_string("/etc/ssl/certs/ca-certificates.crt").unwrap_or_default();
+    std::fs::write(&bundle, format!("{system}{}", tls_api.server_ca_pem())).unwrap();
+    let system_roots: Prepare = &|_, cmd| {
+        cmd.env("SSL_CERT_FILE", &bundle);
+    };
+    let roots = registrations(
+        rounds,
+        &format!(
+            "software-key registration, https with the system roots ({} certificates)",
+            system.matches("BEGIN CERTIFICATE").count() + 1
+        ),
+        &ours(&agent, &tls_api, system_roots),
+    );
+    if let (Some(http), Some(cacert), Some(roots)) =
+        (http.instructions, cacert.instructions, roots.instructions)
+    {
+        println!(
+            "instructions, https with --cacert / http: {:.2}x (target 1.5x); system roots / http: {:.2}x",
+            cacert as f64 / http as f64,
+            roots as f64 / http as f64
+        );
+    }
+
+    if Path::new(SOFTHSM).exists() {
+        // A first-boot registration: the agent initialises the token.
+        let softhsm: Prepare = &|root, cmd| {
             let tokens = root.join("tokens");
             std::fs::create_dir(&tokens).unwrap();
             let conf = root.join("softhsm2.conf");
@@ -122,42 +388,74 @@ fn main() {
             std::fs::write(&hsm, hsm_text).unwrap();
             std::fs::set_permissions(&hsm, std::fs::Permissions::from_mode(0o600)).unwrap();
             cmd.env("SOFTHSM2_CONF", conf);
-        },
-    );
+        };
+        registrations(
+            rounds,
+            "SoftHSM2 registration incl. token init (SoftHSM2's own work included)",
+            &ours(&agent, &api, softhsm),
+        );
+    } else {
+        println!("SoftHSM2 registration: skipped, {SOFTHSM} is not installed");
+    }
+
+    side_by_side(&agent, &api, rounds);
 }
 
-/// Runs `rounds` registrations, each in a fresh device root that `prepare`
-/// may extend, and prints the median wall and CPU time and the peak RSS.
-fn registrations(
-    api: &DeviceApi,
-    rounds: usize,
-    what: &str,
-    prepare: impl Fn(&Path, &mut Command),
-) {
-    let mut walls = Vec::new();
-    let mut cpus = Vec::new();
-    let mut peak_rss = 0;
+/// Ours against the C++ tool, alternating, each registering a fresh device
+/// over plain http.
+fn side_by_side(agent: &Path, api: &DeviceApi, rounds: usize) {
+    let Some(tool) = std::env::var_os("LMP_DEVICE_REGISTER_CXX") else {
+        println!("C++ lmp-device-register: set LMP_DEVICE_REGISTER_CXX=/path/to/it for the side-by-side figures (README \"Numbers\")");
+        return;
+    };
+    let tool = PathBuf::from(tool);
+    let nothing: Prepare = &|_, _| {};
+    let ours = ours(agent, api, nothing);
+    let theirs = theirs(&tool, api);
+    let (mut our_cpu, mut their_cpu) = (Vec::new(), Vec::new());
+    let (mut our_rss, mut their_rss) = (0, 0);
     for _ in 0..rounds {
-        let dir = tempfile::tempdir().unwrap();
-        device_root(dir.path());
-        let mut cmd = Command::new(AGENT);
-        cmd.env_clear()
-            .arg("--root")
-            .arg(dir.path())
-            .args(["--device-api", &api.url(), "-f", "demo-factory"])
-            .args(["-t", "main", "-i", "bench", "--start-daemon", "0"])
-            .stderr(std::process::Stdio::null());
-        prepare(dir.path(), &mut cmd);
-        let usage = measure(&mut cmd);
-        assert_eq!(usage.code, 0, "{what} failed");
-        walls.push(usage.wall);
-        cpus.push(usage.cpu);
-        peak_rss = peak_rss.max(usage.max_rss_kib);
+        for (command, cpu, rss) in [
+            (
+                &ours as &dyn Fn(&Path) -> Command,
+                &mut our_cpu,
+                &mut our_rss,
+            ),
+            (&theirs, &mut their_cpu, &mut their_rss),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let usage = measure(&mut command(dir.path()));
+            assert_eq!(usage.code, 0, "a registration of the side-by-side failed");
+            cpu.push(usage.cpu);
+            *rss = (*rss).max(usage.max_rss_kib);
+        }
     }
+    let (ours_cpu, theirs_cpu) = (median(our_cpu), median(their_cpu));
     println!(
-        "{what} (median of {rounds}): wall {:.2} ms, CPU {:.2} ms, peak RSS {:.2} MiB",
-        median(walls).as_secs_f64() * 1e3,
-        median(cpus).as_secs_f64() * 1e3,
-        peak_rss as f64 / 1024.0
+        "side by side with {} ({rounds} rounds each, alternating, http):",
+        tool.display()
     );
+    println!(
+        "  CPU: ours {:.2} ms, C++ {:.2} ms: {:.2}x (target 0.5x)",
+        ms(ours_cpu),
+        ms(theirs_cpu),
+        ours_cpu.as_secs_f64() / theirs_cpu.as_secs_f64()
+    );
+    println!(
+        "  peak RSS: ours {:.2} MiB, C++ {:.2} MiB: {:.2}x",
+        our_rss as f64 / 1024.0,
+        their_rss as f64 / 1024.0,
+        our_rss as f64 / their_rss as f64
+    );
+    if let (Some(a), Some(b)) = (instructions(&ours), instructions(&theirs)) {
+        println!(
+            "  instructions: ours {:.2} M, C++ {:.2} M: {:.2}x",
+            a as f64 / 1e6,
+            b as f64 / 1e6,
+            a as f64 / b as f64
+        );
+    }
+    if let (Some(a), Some(b)) = (fsyncs(&ours), fsyncs(&theirs)) {
+        println!("  fsyncs: ours {a}, C++ {b}");
+    }
 }

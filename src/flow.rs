@@ -208,13 +208,25 @@ pub async fn register(common: &Common, profile: &Profile) -> Result<Outcome> {
         }
     };
     // From here on the fleet holds the device: every failure keeps it.
-    if stored {
-        // A stored identity has no journal; the answer needs one to be
-        // finished by the next run should storing it fail. Its key is in
-        // place already.
-        identity::begin(&dir, &identity.id, None).map_err(|e| accepted_but(e, &identity.id))?;
+    let recorded = (|| {
+        if stored {
+            // A stored identity has no journal; the answer needs one to be
+            // finished by the next run should storing it fail. Its key is
+            // in place already.
+            identity::begin(&dir, &identity.id, None)?;
+        }
+        identity::record_answer(&dir, &answer)
+    })();
+    if let Err(e) = &recorded {
+        // Storing the answer itself may still work (a failed journal write
+        // is not a full disk, an I/O error may not repeat); if it does not,
+        // the identity is still kept (journal or stored first stage) and
+        // the next run asks the server again for the same device.
+        tracing::warn!(
+            "{e}; storing the registration of {} without a record of the answer",
+            identity.id
+        );
     }
-    identity::record_answer(&dir, &answer).map_err(|e| accepted_but(e, &identity.id))?;
     // A stored identity's key file is in place already.
     let software_key = match stored {
         true => None,
@@ -226,8 +238,35 @@ pub async fn register(common: &Common, profile: &Profile) -> Result<Outcome> {
     // The key (and with it, soon, the token session) is closed before
     // anything else runs.
     drop(identity);
-    finish(profile, &dir, &id, key_spec, token, software_key, answer)
+    let accepted = Accepted {
+        id,
+        software_key,
+        answer,
+        kept: match recorded {
+            Ok(()) => AnswerKept::Recorded,
+            Err(_) => AnswerKept::IdentityOnly,
+        },
+    };
+    finish(profile, &dir, key_spec, token, accepted)
         .map(|outcome| outcome.after_checkpoint(checkpointed))
+}
+
+/// A registration the server accepted, on its way to the disk.
+struct Accepted {
+    id: String,
+    software_key: Option<Secret>,
+    answer: Answer,
+    kept: AnswerKept,
+}
+
+/// What is kept for the next run when storing an accepted answer fails.
+#[derive(Clone, Copy)]
+enum AnswerKept {
+    /// The answer: the next run stores it without asking the server.
+    Recorded,
+    /// Only the identity: the next run asks the server again, as the same
+    /// device.
+    IdentityOnly,
 }
 
 /// The flow's side of the [`Checkpoint`]: installs a first stage with the
@@ -310,10 +349,16 @@ impl Checkpoint for IdentityStore<'_> {
 }
 
 /// A local failure after the server accepted: the next run completes it.
-fn accepted_but(error: Error, id: &str) -> Error {
+fn accepted_but(error: Error, id: &str, kept: AnswerKept) -> Error {
+    let next = match kept {
+        AnswerKept::Recorded => "the next run finishes storing it without registering it again",
+        AnswerKept::IdentityOnly => {
+            "its identity is kept, and the next run asks the server again for the same device"
+        }
+    };
     Error::new(
         error.kind(),
-        format!("{error}; the server accepted device {id}: the next run finishes storing it without registering it again"),
+        format!("{error}; the server accepted device {id}: {next}"),
     )
 }
 
@@ -321,12 +366,16 @@ fn accepted_but(error: Error, id: &str) -> Error {
 fn finish(
     profile: &Profile,
     dir: &Path,
-    id: &str,
     key_spec: Option<KeySpec>,
     token: Option<Arc<Token>>,
-    software_key: Option<Secret>,
-    answer: Answer,
+    accepted: Accepted,
 ) -> Result<Outcome> {
+    let Accepted {
+        id,
+        software_key,
+        answer,
+        kept,
+    } = accepted;
     let stored = (|| -> Result<Vec<String>> {
         if let (Some(token), Some(certificate)) = (&token, &answer.token_certificate) {
             token.import_certificate(certificate)?;
@@ -351,7 +400,7 @@ fn finish(
         identity::remove(dir)?;
         Ok(entries.iter().map(|e| e.name.to_string()).collect())
     })();
-    let files = stored.map_err(|e| accepted_but(e, id))?;
+    let files = stored.map_err(|e| accepted_but(e, &id, kept))?;
     // Programs run next may open the token themselves.
     drop(token);
     tracing::info!(
@@ -419,7 +468,13 @@ fn finish_accepted(
     if let Some(token) = &token {
         token.keep_created();
     }
-    finish(profile, dir, &id, key_spec, token, software_key, answer)
+    let accepted = Accepted {
+        id,
+        software_key,
+        answer,
+        kept: AnswerKept::Recorded,
+    };
+    finish(profile, dir, key_spec, token, accepted)
 }
 
 /// The identity to register: the one an earlier run stored, or the one of

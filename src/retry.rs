@@ -1,16 +1,24 @@
 //! The one retry policy for every network step: exponential backoff with full
-//! jitter, a cap on each delay, an overall deadline, and the server's
-//! `Retry-After` honoured when it sends one.
+//! jitter, a cap on the jitter, an overall deadline, and the server's
+//! `Retry-After` as a floor.
+//!
+//! `Retry-After` is not a schedule: a production line of devices refused
+//! together and told "2 seconds" would all come back in the same second, be
+//! refused together again, and stay in lockstep. So the jitter is added on
+//! top of whatever the server asks for, and it grows with every consecutive
+//! refusal until it spreads the line over the server's pace. The figures
+//! (first ceiling, cap) come from the model in the tests below, which plays
+//! 500 devices against a server that takes 4 at a time.
 
 use std::future::Future;
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RetryPolicy {
-    /// Upper bound of the first delay; doubles with every attempt.
+    /// Ceiling of the first jitter; doubles with every consecutive failure.
     pub base_delay: Duration,
-    /// No single delay is longer than this (except what Retry-After asks for,
-    /// which is still bounded by the deadline).
+    /// The jitter never exceeds this; with `Retry-After` the delay is at
+    /// most the server's value plus this (and still bounded by the deadline).
     pub max_delay: Duration,
     /// No new attempt starts after this much time.
     pub deadline: Duration,
@@ -30,17 +38,20 @@ impl RetryPolicy {
     }
 
     /// First boot: nobody is watching, the network may come up late and a
-    /// whole production line may be hitting the server at once.
+    /// whole production line may be hitting the server at once. A cap of a
+    /// few seconds keeps both a herd's tail short (the last devices are not
+    /// asleep in minute-long windows while the server idles) and the wait
+    /// for a network that comes up late.
     pub fn boot() -> Self {
         RetryPolicy {
-            base_delay: Duration::from_secs(2),
-            max_delay: Duration::from_secs(300),
+            base_delay: Duration::from_secs(4),
+            max_delay: Duration::from_secs(12),
             deadline: Duration::from_secs(30 * 60),
             max_attempts: u32::MAX,
         }
     }
 
-    /// The upper bound of the jittered delay before attempt `attempt + 1`.
+    /// The upper bound of the jitter before attempt `attempt + 1`.
     fn backoff_ceiling(&self, attempt: u32) -> Duration {
         let factor = 1u32
             .checked_shl(attempt.saturating_sub(1))
@@ -51,11 +62,12 @@ impl RetryPolicy {
             .min(self.max_delay)
     }
 
-    /// Full jitter: anywhere between zero and the ceiling, so a line of
-    /// devices booting together does not hit the server in lockstep.
-    fn jittered_delay(&self, attempt: u32) -> Duration {
+    /// The delay after `attempt` consecutive failures: the server's floor
+    /// (`Retry-After`, else nothing) plus full jitter, anywhere between zero
+    /// and the ceiling.
+    fn delay(&self, attempt: u32, floor: Option<Duration>, rng: &mut fastrand::Rng) -> Duration {
         let ceiling = self.backoff_ceiling(attempt).as_millis() as u64;
-        Duration::from_millis(fastrand::u64(0..=ceiling))
+        floor.unwrap_or(Duration::ZERO) + Duration::from_millis(rng.u64(0..=ceiling))
     }
 }
 
@@ -88,6 +100,7 @@ where
     Fut: Future<Output = Result<T, E>>,
 {
     let started = Instant::now();
+    let mut rng = fastrand::Rng::new();
     let mut attempt = 0;
     let mut maybe_received = false;
     let last = |error: E, earlier_maybe_received: bool| {
@@ -106,9 +119,15 @@ where
         let Some(server_delay) = error.retry_hint() else {
             return Err(last(error, maybe_received));
         };
-        let delay = server_delay.unwrap_or_else(|| policy.jittered_delay(attempt));
         let elapsed = started.elapsed();
-        if attempt >= policy.max_attempts || elapsed + delay > policy.deadline {
+        let remaining = policy.deadline.saturating_sub(elapsed);
+        // The last attempt may come early (at the deadline) but never
+        // before the server said.
+        let delay = policy.delay(attempt, server_delay, &mut rng).min(remaining);
+        if attempt >= policy.max_attempts
+            || server_delay.unwrap_or(Duration::ZERO) > remaining
+            || remaining.is_zero()
+        {
             tracing::warn!(
                 "{what}: attempt {attempt} failed: {error}; giving up after {:.1}s",
                 elapsed.as_secs_f64()
@@ -164,9 +183,139 @@ mod tests {
             .collect();
         assert_eq!(ceilings, [1, 2, 4, 8, 10, 10]);
         assert_eq!(policy.backoff_ceiling(200), Duration::from_secs(10));
-        for attempt in 1..50 {
-            assert!(policy.jittered_delay(attempt) <= policy.backoff_ceiling(attempt));
+    }
+
+    #[test]
+    fn retry_after_is_a_floor_with_jitter_that_grows() {
+        let policy = RetryPolicy::boot();
+        let mut rng = fastrand::Rng::with_seed(7);
+        let floor = Duration::from_secs(2);
+        for attempt in 1..=8 {
+            let delays: Vec<Duration> = (0..200)
+                .map(|_| policy.delay(attempt, Some(floor), &mut rng))
+                .collect();
+            let ceiling = floor + policy.backoff_ceiling(attempt);
+            assert!(delays.iter().all(|d| *d >= floor && *d <= ceiling));
+            // Full jitter: the delays use the whole window, not a corner of it.
+            let widest = *delays.iter().max().unwrap() - *delays.iter().min().unwrap();
+            assert!(
+                widest * 10 >= policy.backoff_ceiling(attempt) * 8,
+                "{attempt}: {widest:?}"
+            );
         }
+        assert_eq!(policy.backoff_ceiling(1), Duration::from_secs(4));
+        assert_eq!(policy.backoff_ceiling(30), policy.max_delay);
+    }
+
+    /// The largest share of `delays` that fall within any one second.
+    fn densest_second(delays: &mut [Duration]) -> f64 {
+        delays.sort();
+        let most = (0..delays.len())
+            .map(|i| {
+                delays[i..]
+                    .iter()
+                    .take_while(|d| **d < delays[i] + Duration::from_secs(1))
+                    .count()
+            })
+            .max()
+            .unwrap_or(0);
+        most as f64 / delays.len() as f64
+    }
+
+    #[test]
+    fn a_thousand_refused_devices_do_not_come_back_in_the_same_second() {
+        let policy = RetryPolicy::boot();
+        let mut rng = fastrand::Rng::with_seed(11);
+        let retry_after = Some(Duration::from_secs(2));
+        for attempt in [1, 2, 3, 6] {
+            let mut delays: Vec<Duration> = (0..1000)
+                .map(|_| policy.delay(attempt, retry_after, &mut rng))
+                .collect();
+            let densest = densest_second(&mut delays);
+            // Evenly spread over the jitter window, each second would get
+            // 1/window of them; allow half as much again for chance.
+            let at_most = 1.5 / policy.backoff_ceiling(attempt).as_secs_f64();
+            assert!(
+                densest <= at_most,
+                "after refusal {attempt}, {:.0}% come back within one second",
+                densest * 100.0
+            );
+        }
+        // What honouring Retry-After exactly did: everybody in one second.
+        let mut exact = vec![Duration::from_secs(2); 1000];
+        assert_eq!(densest_second(&mut exact), 1.0);
+    }
+
+    /// What a herd does to a small server: `devices` agents start within a
+    /// second against a server that serves `capacity` registrations at a time
+    /// (`service` each) and answers the rest at once with 503 and
+    /// `Retry-After`. Returns requests per device and the time until the last
+    /// one is registered.
+    fn herd(
+        delay: impl Fn(u32, &mut fastrand::Rng) -> Duration,
+        devices: usize,
+        capacity: usize,
+        service: Duration,
+        seed: u64,
+    ) -> (f64, Duration) {
+        use std::cmp::Reverse;
+        use std::collections::BinaryHeap;
+        let mut rng = fastrand::Rng::with_seed(seed);
+        // (when, device, is the end of a registration)
+        let mut events = BinaryHeap::new();
+        for device in 0..devices {
+            let start = Duration::from_millis(rng.u64(0..1000));
+            events.push(Reverse((start, device, false)));
+        }
+        let mut refusals = vec![0u32; devices];
+        let (mut serving, mut requests, mut last) = (0, 0, Duration::ZERO);
+        while let Some(Reverse((now, device, finished))) = events.pop() {
+            last = now;
+            if finished {
+                serving -= 1;
+                continue;
+            }
+            requests += 1;
+            if serving < capacity {
+                serving += 1;
+                events.push(Reverse((now + service, device, true)));
+            } else {
+                refusals[device] += 1;
+                let next = now + delay(refusals[device], &mut rng);
+                events.push(Reverse((next, device, false)));
+            }
+        }
+        (requests as f64 / devices as f64, last)
+    }
+
+    /// The figures of `RetryPolicy::boot` were chosen with this model: the
+    /// factory-line scenario (500 devices, 4 at a time, 0.2 s each,
+    /// `Retry-After: 2`) stays within 4 requests per device and twice the
+    /// time the server needs anyway, where honouring Retry-After exactly
+    /// keeps the herd in lockstep.
+    #[test]
+    fn a_production_line_is_spread_over_the_servers_pace() {
+        let policy = RetryPolicy::boot();
+        let retry_after = Some(Duration::from_secs(2));
+        let service = Duration::from_millis(200);
+        let ideal = service * 500 / 4;
+        for seed in 1..=5 {
+            let (per_device, wall) = herd(
+                |refusals, rng| policy.delay(refusals, retry_after, rng),
+                500,
+                4,
+                service,
+                seed,
+            );
+            eprintln!("seed {seed}: {per_device:.2} requests per device, all registered after {wall:.1?} (ideal {ideal:?})");
+            assert!(per_device <= 4.0, "{per_device:.2} requests per device");
+            assert!(wall <= ideal * 2, "{wall:?} against the ideal {ideal:?}");
+        }
+        let (lockstep, _) = herd(|_, _| Duration::from_secs(2), 500, 4, service, 1);
+        assert!(
+            lockstep > 8.0,
+            "{lockstep:.2} requests per device in lockstep"
+        );
     }
 
     #[tokio::test]
@@ -209,6 +358,26 @@ mod tests {
         .await;
         assert!(result.is_err());
         assert_eq!(calls.get(), 3);
+    }
+
+    #[tokio::test]
+    async fn the_last_attempt_comes_at_the_deadline_not_after_it() {
+        let policy = RetryPolicy {
+            base_delay: Duration::from_secs(1000),
+            max_delay: Duration::from_secs(1000),
+            deadline: Duration::from_millis(300),
+            max_attempts: 100,
+        };
+        let started = Instant::now();
+        let calls = Cell::new(0);
+        let result: Result<(), _> = retry(&policy, "test", |_| {
+            calls.set(calls.get() + 1);
+            async { Err(Failure(Some(None))) }
+        })
+        .await;
+        assert!(result.is_err());
+        assert!((2..=3).contains(&calls.get()), "{} attempts", calls.get());
+        assert!(started.elapsed() < Duration::from_secs(2));
     }
 
     #[tokio::test]

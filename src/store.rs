@@ -6,7 +6,6 @@
 //! the caller.
 
 use crate::error::{Error, ErrorKind, Result, ResultExt};
-use nix::fcntl::{Flock, FlockArg};
 use std::fs::{DirBuilder, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
@@ -168,27 +167,28 @@ pub fn prepare(dir: &Path) -> Result<()> {
 
 /// Holds the state dir for one registration. The lock is an flock on the
 /// directory itself, so it leaves no file behind and dies with the process.
+/// It is released by closing the directory, never by an explicit unlock:
+/// an unlock can fail (EIO), and nix's `Flock` panics when it does.
 pub struct DirLock {
-    _lock: Flock<File>,
+    _locked: File,
 }
 
 impl DirLock {
     pub fn acquire(dir: &Path) -> Result<DirLock> {
         let handle = File::open(dir).with_kind_context(ErrorKind::Config, io_error(dir, "open"))?;
-        let lock = Flock::lock(handle, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| {
-            if errno == nix::errno::Errno::EWOULDBLOCK {
-                Error::new(
-                    ErrorKind::Busy,
-                    format!(
-                        "another lmp-device-register is registering this device (it holds {})",
-                        dir.display()
-                    ),
-                )
-            } else {
-                Error::internal(format!("cannot lock {}: {errno}", dir.display()))
+        match handle.try_lock() {
+            Ok(()) => Ok(DirLock { _locked: handle }),
+            Err(std::fs::TryLockError::WouldBlock) => Err(Error::new(
+                ErrorKind::Busy,
+                format!(
+                    "another lmp-device-register is registering this device (it holds {})",
+                    dir.display()
+                ),
+            )),
+            Err(std::fs::TryLockError::Error(e)) => {
+                Err(e).with_kind_context(ErrorKind::Internal, io_error(dir, "lock"))
             }
-        })?;
-        Ok(DirLock { _lock: lock })
+        }
     }
 }
 

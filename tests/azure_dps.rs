@@ -375,7 +375,9 @@ fn a_boot_run_gives_up_on_a_disabled_enrollment_at_its_deadline_with_exit_5() {
     let dps = start(DpsOptions::default());
     let device = Device::new(&dps);
     let started = Instant::now();
-    let run = device.run(&["--boot", "--retry-deadline", "4"]);
+    // Retry-After (1 s) is a floor with up to 4 s of jitter on top: the
+    // first poll, which finds the enrollment disabled, comes within 5 s.
+    let run = device.run(&["--boot", "--retry-deadline", "8"]);
     run.assert_code(5)
         .assert_says("was still disabled in DPS after")
         .assert_says("the next boot asks again");

@@ -370,12 +370,21 @@ fn server_errors_are_retried_with_the_same_manufacturer_id() {
         status(502, "bad gateway"),
     ]);
     let board = Board::new(&losant);
-    board
-        .run(&["--boot"])
-        .assert_code(0)
+    let run = board.run(&["--boot"]);
+    run.assert_code(0)
         .assert_says("registering with Losant: attempt 1 failed: HTTP 503: maintenance")
-        .assert_says("attempt 2 failed: HTTP 429; retrying in 1.0s")
+        .assert_says("attempt 2 failed: HTTP 429; retrying in ")
         .assert_says("attempt 3 failed: HTTP 502");
+    // Retry-After is a floor, with jitter on top (up to 8 s after a second
+    // refusal in boot mode), so that refused devices do not return together.
+    let after_429: f64 = run
+        .stderr
+        .split("HTTP 429; retrying in ")
+        .nth(1)
+        .and_then(|rest| rest.split('s').next())
+        .and_then(|seconds| seconds.parse().ok())
+        .unwrap();
+    assert!((1.0..=9.0).contains(&after_429), "{after_429}");
     assert_eq!(losant.requested_ids(), [ETH0_MAC; 4]);
     assert_registered_as(&board, &losant, ETH0_MAC);
 }

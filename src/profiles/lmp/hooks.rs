@@ -7,7 +7,6 @@
 use super::config::Fioconfig;
 use crate::error::{Error, ErrorKind, Result, ResultExt};
 use crate::profiles::StepOutcome;
-use nix::fcntl::{Flock, FlockArg};
 use std::fs::File;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
@@ -25,17 +24,19 @@ pub fn ensure_aklite_not_running(lock_path: &Path) -> Result<()> {
             })
         }
     };
-    match Flock::lock(file, FlockArg::LockSharedNonblock) {
-        Ok(_released_on_drop) => Ok(()),
-        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Err(Error::new(
+    // Released by closing the file: an explicit unlock could fail, and
+    // nix's `Flock` panics when it does.
+    match file.try_lock_shared() {
+        Ok(()) => Ok(()),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::new(
             ErrorKind::Busy,
             format!(
                 "aktualizr-lite is running (it holds {}); stop it before registering",
                 lock_path.display()
             ),
         )),
-        Err((_, errno)) => Err(Error::internal(format!(
-            "cannot test {}: {errno}",
+        Err(std::fs::TryLockError::Error(e)) => Err(Error::internal(format!(
+            "cannot test {}: {e}",
             lock_path.display()
         ))),
     }
@@ -123,11 +124,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("aklite.lock");
         ensure_aklite_not_running(&path).unwrap();
-        let held = Flock::lock(
-            File::create(&path).unwrap(),
-            FlockArg::LockExclusiveNonblock,
-        )
-        .unwrap();
+        let held = File::create(&path).unwrap();
+        held.try_lock().unwrap();
         assert_eq!(
             ensure_aklite_not_running(&path).unwrap_err().kind(),
             ErrorKind::Busy

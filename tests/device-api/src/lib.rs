@@ -41,6 +41,9 @@
 //!   - 409 `device with uuid <uuid> already exists` (unless it is the same
 //!     key again and [`Options::idempotent_retries`] is on);
 //!   - 201 `application/json` `{"root.crt", "client.pem", "client.chained", "sota.toml"}`.
+//! * With [`Options::capacity`], a registration beyond the cap is answered
+//!   at once with 503 `busy` and `Retry-After`; the others wait the service
+//!   time first, then go through the checks above.
 //!
 //! ```no_run
 //! use device_api::{DeviceApi, Options, Reply};
@@ -108,6 +111,38 @@ pub struct Options {
     /// first-boot test listens on a veth address inside a network namespace
     /// of its own (the address may be on a link that is still down).
     pub listen: SocketAddr,
+    /// A small server under a production line: at most this many
+    /// registrations at a time, each taking a while; every registration
+    /// beyond that is answered at once with 503 and `Retry-After`. `None`:
+    /// no limit, no service time.
+    pub capacity: Option<Capacity>,
+    /// Accept `"true"`/`"false"` strings for `use-ostree-server`: the C++
+    /// `lmp-device-register` sends every JSON value as a string, and the
+    /// reference server takes that. Only for comparing with it.
+    pub accept_string_booleans: bool,
+}
+
+/// See [`Options::capacity`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Capacity {
+    /// Registrations served at once.
+    pub concurrent: usize,
+    /// How long each one takes before it is answered.
+    pub service_time: Duration,
+    /// The `Retry-After` of the 503 beyond the cap, verbatim.
+    pub retry_after: String,
+}
+
+/// How loaded the double was (see [`DeviceApi::load`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Load {
+    /// Most requests being handled at the same moment (of any kind).
+    pub peak_requests_in_flight: usize,
+    /// Most registrations in service at the same moment (at most
+    /// [`Capacity::concurrent`]).
+    pub peak_in_service: usize,
+    /// Registrations refused with 503 for lack of capacity.
+    pub refused_for_capacity: usize,
 }
 
 impl Default for Options {
@@ -122,6 +157,8 @@ impl Default for Options {
             refuse_connections_for: None,
             oauth_pending_polls: 2,
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            capacity: None,
+            accept_string_booleans: false,
         }
     }
 }
@@ -169,6 +206,10 @@ pub enum Reply {
     Redirect(String),
     /// Read the request, then say nothing for this long, then drop the connection.
     Hang(Duration),
+    /// Verify, sign and record the registration like `Sign`, then drop the
+    /// connection without answering: the device exists, and the client
+    /// never learns it (a lost answer).
+    SignThenDrop,
     /// Wait, then do the inner reply.
     Delay(Duration, Box<Reply>),
 }
@@ -260,7 +301,11 @@ impl DeviceApi {
             Some(delay) => server::Listener::Later(socket, delay),
             None => {
                 let _runtime = runtime.enter();
-                server::Listener::Now(socket.listen(128).expect("device-api: listen"))
+                server::Listener::Now(
+                    socket
+                        .listen(server::LISTEN_BACKLOG)
+                        .expect("device-api: listen"),
+                )
             }
         };
 
@@ -337,6 +382,11 @@ impl DeviceApi {
     /// Registrations answered with a 201 and certificates, in order.
     pub fn registrations(&self) -> Vec<Registration> {
         self.state().registrations.clone()
+    }
+
+    /// Peak load so far (see [`Options::capacity`]).
+    pub fn load(&self) -> Load {
+        self.state().load.peak
     }
 
     fn state(&self) -> MutexGuard<'_, server::State> {

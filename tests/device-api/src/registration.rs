@@ -23,7 +23,7 @@ pub(crate) struct Request {
 }
 
 /// Parses the JSON body; the error is the plain-text body of the 400 answer.
-pub(crate) fn parse(body: &[u8]) -> Result<Request, String> {
+pub(crate) fn parse(body: &[u8], accept_string_booleans: bool) -> Result<Request, String> {
     let value: Value =
         serde_json::from_slice(body).map_err(|e| format!("body is not valid JSON: {e}"))?;
     let Value::Object(obj) = value else {
@@ -36,6 +36,9 @@ pub(crate) fn parse(body: &[u8]) -> Result<Request, String> {
     };
     let use_ostree_server = match obj.get("use-ostree-server") {
         Some(Value::Bool(b)) => *b,
+        Some(Value::String(s)) if accept_string_booleans && (s == "true" || s == "false") => {
+            s == "true"
+        }
         Some(_) => return Err("field 'use-ostree-server' must be a JSON boolean".into()),
         None => return Err("missing field 'use-ostree-server'".into()),
     };

@@ -20,7 +20,11 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::oauth::OAuth;
 use crate::pki::Pki;
-use crate::{csr, registration, sota_toml, Options, Recorded, Registration, Reply};
+use crate::{csr, registration, sota_toml, Capacity, Load, Options, Recorded, Registration, Reply};
+
+/// A production line connects all at once; the herd benchmark starts
+/// hundreds of agents together.
+pub(crate) const LISTEN_BACKLOG: u32 = 1024;
 
 /// Requests larger than this get 413; the agent never sends anything close.
 const MAX_REQUEST_BODY: usize = 1 << 20;
@@ -38,6 +42,8 @@ pub(crate) struct Shared {
     idempotent_retries: bool,
     default_reply: Reply,
     oauth_pending_polls: u32,
+    capacity: Option<Capacity>,
+    accept_string_booleans: bool,
     state: Mutex<State>,
 }
 
@@ -47,6 +53,14 @@ pub(crate) struct State {
     pub registrations: Vec<Registration>,
     pub replies: VecDeque<Reply>,
     oauth: OAuth,
+    pub load: LoadState,
+}
+
+#[derive(Default)]
+pub(crate) struct LoadState {
+    in_flight: usize,
+    in_service: usize,
+    pub peak: Load,
 }
 
 impl Shared {
@@ -60,6 +74,8 @@ impl Shared {
             idempotent_retries: opts.idempotent_retries,
             default_reply: opts.default_reply.clone(),
             oauth_pending_polls: opts.oauth_pending_polls,
+            capacity: opts.capacity.clone(),
+            accept_string_booleans: opts.accept_string_booleans,
             state: Mutex::default(),
         }
     }
@@ -91,7 +107,7 @@ pub(crate) async fn run(
                 _ = tokio::time::sleep(delay) => {}
                 _ = &mut shutdown => return,
             }
-            socket.listen(128).expect("device-api: listen")
+            socket.listen(LISTEN_BACKLOG).expect("device-api: listen")
         }
     };
     loop {
@@ -106,6 +122,9 @@ pub(crate) async fn run(
                 }
             },
         };
+        // Without it the TLS handshake's flights wait for delayed ACKs
+        // (40 ms each), which would show up as the agent's wall time.
+        let _ = tcp.set_nodelay(true);
         let (shared, tls) = (shared.clone(), tls.clone());
         tokio::spawn(async move {
             match tls {
@@ -143,7 +162,47 @@ impl std::fmt::Display for HangUp {
 
 impl std::error::Error for HangUp {}
 
+/// Counts a request (or an admitted registration) while it is handled,
+/// also when hyper drops the handler because the client went away.
+struct Occupied<'a> {
+    shared: &'a Shared,
+    slot: fn(&mut LoadState) -> &mut usize,
+}
+
+impl<'a> Occupied<'a> {
+    /// Takes a place in `slot` unless `limit` places are taken already.
+    fn take(
+        shared: &'a Shared,
+        slot: fn(&mut LoadState) -> &mut usize,
+        peak: fn(&mut Load) -> &mut usize,
+        limit: usize,
+    ) -> Option<Self> {
+        let mut state = shared.state();
+        let load = &mut state.load;
+        if *slot(load) >= limit {
+            return None;
+        }
+        *slot(load) += 1;
+        let now = *slot(load);
+        let highest = peak(&mut load.peak);
+        *highest = (*highest).max(now);
+        Some(Occupied { shared, slot })
+    }
+}
+
+impl Drop for Occupied<'_> {
+    fn drop(&mut self) {
+        *(self.slot)(&mut self.shared.state().load) -= 1;
+    }
+}
+
 async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Answer, HangUp> {
+    let _in_flight = Occupied::take(
+        &shared,
+        |load| &mut load.in_flight,
+        |peak| &mut peak.peak_requests_in_flight,
+        usize::MAX,
+    );
     let (parts, body) = req.into_parts();
     let body = match Limited::new(body, MAX_REQUEST_BODY).collect().await {
         Ok(collected) => collected.to_bytes(),
@@ -174,7 +233,10 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Answer, H
             let (code, answer) = shared.state().oauth.token(&body);
             Ok(json(code, &answer))
         }
-        (&Method::POST, _) => shared.register(&parts, &body).await,
+        (&Method::POST, _) => match &shared.capacity {
+            Some(capacity) => shared.register_within(capacity, &parts, &body).await,
+            None => shared.register(&parts, &body).await,
+        },
         _ => Ok(text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")),
     }
 }
@@ -196,6 +258,32 @@ impl Shared {
             body: body.to_vec(),
             at: Instant::now(),
         });
+    }
+
+    /// A registration at a server that serves `capacity.concurrent` at a
+    /// time and turns the others away at once.
+    async fn register_within(
+        &self,
+        capacity: &Capacity,
+        parts: &Parts,
+        body: &[u8],
+    ) -> Result<Answer, HangUp> {
+        let admitted = Occupied::take(
+            self,
+            |load| &mut load.in_service,
+            |peak| &mut peak.peak_in_service,
+            capacity.concurrent,
+        );
+        let Some(_in_service) = admitted else {
+            self.state().load.peak.refused_for_capacity += 1;
+            let mut answer = text(StatusCode::SERVICE_UNAVAILABLE, "busy");
+            let value = HeaderValue::from_str(&capacity.retry_after)
+                .expect("device-api: Retry-After header value");
+            answer.headers_mut().insert(RETRY_AFTER, value);
+            return Ok(answer);
+        };
+        tokio::time::sleep(capacity.service_time).await;
+        self.register(parts, body).await
     }
 
     async fn register(&self, parts: &Parts, body: &[u8]) -> Result<Answer, HangUp> {
@@ -238,6 +326,10 @@ impl Shared {
                     answer.headers_mut().insert(LOCATION, value);
                     return Ok(answer);
                 }
+                Reply::SignThenDrop => {
+                    let _ = self.sign(parts, body, &Reply::Sign);
+                    return Err(HangUp);
+                }
                 Reply::Garbage => {
                     let garbage = "<html><body>502 Bad Gateway</body></html> {\"root.crt\":";
                     return Ok(with_body(StatusCode::CREATED, "application/json", garbage));
@@ -259,7 +351,7 @@ impl Shared {
                 "Content-Type must be application/json",
             );
         }
-        let req = match registration::parse(body) {
+        let req = match registration::parse(body, self.accept_string_booleans) {
             Ok(req) => req,
             Err(msg) => return text(StatusCode::BAD_REQUEST, &msg),
         };

@@ -839,3 +839,96 @@ async fn usable_from_async_tests() {
     assert_eq!(answer, 200);
     drop(api);
 }
+
+#[test]
+fn sign_then_drop_creates_the_device_and_loses_the_answer() {
+    let api = DeviceApi::start(Options {
+        idempotent_retries: false,
+        ..Options::default()
+    });
+    api.push_replies([Reply::SignThenDrop]);
+    let key = KeyPair::generate().unwrap();
+    let uuid = fresh_uuid();
+    let device = body(&uuid, &Csr::new(&uuid).pem(&key));
+    let headers = [
+        ("Content-Type", "application/json"),
+        ("OSF-TOKEN", "demo-token"),
+    ];
+    let lost = request(
+        &api,
+        "POST",
+        "/ota/devices/",
+        &headers,
+        device.to_string().as_bytes(),
+    );
+    assert!(lost.is_err(), "{lost:?}");
+    assert_eq!(api.registrations().len(), 1);
+    assert_eq!(api.registrations()[0].uuid, uuid);
+    // Without idempotent retries the same device asking again is refused.
+    assert_eq!(register(&api, &device).status, 409);
+}
+
+#[test]
+fn string_booleans_only_when_asked() {
+    let key = KeyPair::generate().unwrap();
+    let mut device = body(UUID, &Csr::new(UUID).pem(&key));
+    device["use-ostree-server"] = json!("true");
+    let strict = DeviceApi::start(Options::default());
+    let refused = register(&strict, &device);
+    assert_eq!(refused.status, 400);
+    assert!(refused.text().contains("must be a JSON boolean"));
+    let lenient = DeviceApi::start(Options {
+        accept_string_booleans: true,
+        ..Options::default()
+    });
+    assert_eq!(register(&lenient, &device).status, 201);
+    assert!(lenient.registrations()[0].use_ostree_server);
+    device["use-ostree-server"] = json!("yes");
+    assert_eq!(register(&lenient, &device).status, 400);
+}
+
+#[test]
+fn a_capped_server_serves_a_few_at_a_time_and_turns_the_rest_away() {
+    let api = Arc::new(DeviceApi::start(Options {
+        capacity: Some(crate::Capacity {
+            concurrent: 2,
+            service_time: Duration::from_millis(400),
+            retry_after: "3".into(),
+        }),
+        ..Options::default()
+    }));
+    let started = Instant::now();
+    let clients: Vec<_> = (0..5)
+        .map(|_| {
+            let api = api.clone();
+            std::thread::spawn(move || {
+                let answer = register_new_device(&api).1;
+                (
+                    answer.status,
+                    answer.header("retry-after").map(str::to_owned),
+                    Instant::now(),
+                )
+            })
+        })
+        .collect();
+    let answers: Vec<_> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+    let served: Vec<_> = answers.iter().filter(|a| a.0 == 201).collect();
+    let refused: Vec<_> = answers.iter().filter(|a| a.0 == 503).collect();
+    assert_eq!((served.len(), refused.len()), (2, 3), "{answers:?}");
+    assert!(refused.iter().all(|a| a.1.as_deref() == Some("3")));
+    // Refusals are immediate, service takes its time.
+    assert!(refused
+        .iter()
+        .all(|a| a.2 - started < Duration::from_millis(350)));
+    assert!(served
+        .iter()
+        .all(|a| a.2 - started >= Duration::from_millis(400)));
+    let load = api.load();
+    assert_eq!(load.peak_in_service, 2);
+    assert_eq!(load.refused_for_capacity, 3);
+    // The refusals may be over before the last client connects.
+    assert!((2..=5).contains(&load.peak_requests_in_flight), "{load:?}");
+    assert_eq!(api.registrations().len(), 2);
+    // Once the two are done, there is room again.
+    assert_eq!(register_new_device(&api).1.status, 201);
+}
