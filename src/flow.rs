@@ -96,7 +96,7 @@ pub async fn register(common: &Common, profile: &Profile) -> Result<Outcome> {
         other => other,
     };
 
-    let markers = store::present(&dir, profile.markers());
+    let markers = store::present(&dir, &profile.markers());
     if !markers.is_empty() {
         let what = format!("{} present in {}", markers.join(" and "), dir.display());
         if common.force {
@@ -280,7 +280,7 @@ struct IdentityStore<'a> {
     software_key: Option<Secret>,
     /// Markers of a registration that `--force` replaces: they describe
     /// another identity once this one is stored.
-    replaced: &'static [&'static str],
+    replaced: Vec<&'a str>,
     /// A key file left by an identity made in software is not this one's.
     key_in_token: bool,
     stored: Cell<bool>,
@@ -293,22 +293,8 @@ impl Checkpoint for IdentityStore<'_> {
         if self.stored.get() {
             return Err(Error::internal("the identity is stored already"));
         }
-        let mut entries = Vec::new();
-        if let (Some(name), Some(pem)) = (self.key_file, &self.software_key) {
-            entries.push(store::Entry {
-                name,
-                contents: pem.expose().as_bytes(),
-                mode: PRIVATE_MODE,
-            });
-        }
-        for file in &files {
-            entries.push(store::Entry {
-                name: &file.name,
-                contents: file.contents.as_bytes(),
-                mode: file.mode,
-            });
-        }
-        let replaced = store::present(self.dir, self.replaced);
+        let entries = entries_to_store(self.key_file, self.software_key.as_ref(), &files);
+        let replaced = store::present(self.dir, &self.replaced);
         if !replaced.is_empty() {
             tracing::warn!(
                 "--force: the registration in {} ({}) is replaced by the new identity {}",
@@ -317,7 +303,7 @@ impl Checkpoint for IdentityStore<'_> {
                 self.id
             );
         }
-        let mut obsolete = self.replaced.to_vec();
+        let mut obsolete = self.replaced.clone();
         if let (true, Some(name)) = (self.key_in_token, self.key_file) {
             obsolete.push(name);
         }
@@ -346,6 +332,30 @@ impl Checkpoint for IdentityStore<'_> {
         *self.written.borrow_mut() = names;
         Ok(())
     }
+}
+
+/// What one registration installs: the software key (a key in a token has
+/// no file) and the profile's files.
+fn entries_to_store<'a>(
+    key_file: Option<&'static str>,
+    software_key: Option<&'a Secret>,
+    files: &'a [StoredFile],
+) -> Vec<store::Entry<'a>> {
+    let key = match (key_file, software_key) {
+        (Some(name), Some(pem)) => Some(store::Entry {
+            name,
+            contents: pem.expose().as_bytes(),
+            mode: PRIVATE_MODE,
+        }),
+        _ => None,
+    };
+    key.into_iter()
+        .chain(files.iter().map(|file| store::Entry {
+            name: &file.name,
+            contents: file.contents.as_bytes(),
+            mode: file.mode,
+        }))
+        .collect()
 }
 
 /// A local failure after the server accepted: the next run completes it.
@@ -380,21 +390,8 @@ fn finish(
         if let (Some(token), Some(certificate)) = (&token, &answer.token_certificate) {
             token.import_certificate(certificate)?;
         }
-        let mut entries = Vec::new();
-        if let (Some(spec), Some(pem)) = (&key_spec, &software_key) {
-            entries.push(store::Entry {
-                name: spec.file,
-                contents: pem.expose().as_bytes(),
-                mode: PRIVATE_MODE,
-            });
-        }
-        for file in &answer.files {
-            entries.push(store::Entry {
-                name: &file.name,
-                contents: file.contents.as_bytes(),
-                mode: file.mode,
-            });
-        }
+        let key_file = key_spec.as_ref().map(|spec| spec.file);
+        let entries = entries_to_store(key_file, software_key.as_ref(), &answer.files);
         let obsolete: Vec<&str> = answer.obsolete.iter().map(String::as_str).collect();
         store::install(dir, &entries, &obsolete)?;
         identity::remove(dir)?;

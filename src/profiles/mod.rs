@@ -143,7 +143,7 @@ pub(crate) trait Backend {
     /// pending identity there.
     fn state_dir(&self) -> &Path;
     /// Files whose presence means "registered".
-    fn markers(&self) -> &'static [&'static str];
+    fn markers(&self) -> Vec<&str>;
     /// The key the profile needs, if any.
     fn key_spec(&self) -> Option<KeySpec>;
     /// Checks beyond the flow's own, before any key or request is made.
@@ -228,7 +228,7 @@ impl Backend for Profile {
     fn state_dir(&self) -> &Path {
         dispatch!(self, p => p.state_dir())
     }
-    fn markers(&self) -> &'static [&'static str] {
+    fn markers(&self) -> Vec<&str> {
         dispatch!(self, p => p.markers())
     }
     fn key_spec(&self) -> Option<KeySpec> {

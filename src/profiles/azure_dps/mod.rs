@@ -215,8 +215,8 @@ impl Backend for AzureDps {
         self.dir()
     }
 
-    fn markers(&self) -> &'static [&'static str] {
-        &[ASSIGNMENT_FILE]
+    fn markers(&self) -> Vec<&str> {
+        vec![ASSIGNMENT_FILE]
     }
 
     fn key_spec(&self) -> Option<KeySpec> {

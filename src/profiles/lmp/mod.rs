@@ -134,8 +134,8 @@ impl Backend for Lmp {
         &self.settings.sota_dir
     }
 
-    fn markers(&self) -> &'static [&'static str] {
-        REGISTERED_MARKERS
+    fn markers(&self) -> Vec<&str> {
+        REGISTERED_MARKERS.to_vec()
     }
 
     fn key_spec(&self) -> Option<KeySpec> {

@@ -47,16 +47,14 @@ pub struct LosantSettings {
     pub manufacturer_id_configured: bool,
     /// The directory of the credentials file: the profile's state dir.
     pub state_dir: PathBuf,
-    /// The credentials file's name in it, as the one marker of a
-    /// registration. The flow asks for marker names as static strings; this
-    /// one is chosen once per run, so it is leaked once.
-    pub markers: &'static [&'static str],
+    /// The credentials file's name in it: the one marker of a registration.
+    pub credentials_name: String,
     pub cacert: Option<CaBundle>,
 }
 
 impl LosantSettings {
-    pub fn credentials_name(&self) -> &'static str {
-        self.markers[0]
+    pub fn credentials_name(&self) -> &str {
+        &self.credentials_name
     }
 
     pub fn credentials_path(&self) -> PathBuf {
@@ -328,7 +326,7 @@ pub fn resolve(r: &mut Resolver<'_>) -> Option<LosantSettings> {
         manufacturer_id_source,
         manufacturer_id_configured: explicit.is_some(),
         state_dir,
-        markers: Box::leak(Box::new([&*Box::leak(credentials_name.into_boxed_str())])),
+        credentials_name,
         cacert,
     })
 }

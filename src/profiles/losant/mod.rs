@@ -75,8 +75,8 @@ impl Backend for Losant {
         &self.settings.state_dir
     }
 
-    fn markers(&self) -> &'static [&'static str] {
-        self.settings.markers
+    fn markers(&self) -> Vec<&str> {
+        vec![self.settings.credentials_name()]
     }
 
     fn key_spec(&self) -> Option<KeySpec> {

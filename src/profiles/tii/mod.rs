@@ -119,8 +119,8 @@ impl Backend for Tii {
         &self.settings.state_dir
     }
 
-    fn markers(&self) -> &'static [&'static str] {
-        REGISTERED_MARKERS
+    fn markers(&self) -> Vec<&str> {
+        REGISTERED_MARKERS.to_vec()
     }
 
     fn key_spec(&self) -> Option<KeySpec> {
