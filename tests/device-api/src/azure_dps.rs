@@ -39,8 +39,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
@@ -51,11 +50,11 @@ use rcgen::SubjectPublicKeyInfo;
 use serde_json::{json, Value};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
 use tokio_rustls::TlsAcceptor;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::csr;
+use crate::listen;
 use crate::pki::{random_hex, Issuance, Pki, Subject};
 
 const MAX_REQUEST_BODY: usize = 1 << 20;
@@ -197,18 +196,12 @@ pub struct AzureDps {
     shared: Arc<Shared>,
     dps: SocketAddr,
     factory: SocketAddr,
-    shutdown: Option<oneshot::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
+    _server: listen::Background,
 }
 
 impl AzureDps {
     pub fn start(options: DpsOptions) -> AzureDps {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("azure-dps")
-            .enable_all()
-            .build()
-            .expect("azure-dps: tokio runtime");
+        let runtime = listen::runtime("azure-dps");
         let shared = Arc::new(Shared {
             pki: Pki::new(&options.factory).expect("azure-dps: test PKI"),
             state: Mutex::new(State {
@@ -230,30 +223,21 @@ impl AzureDps {
         let dps_tls = shared.pki.tls_acceptor_for_devices();
         let factory_tls = shared.pki.tls_acceptor();
 
-        let (tx, rx) = oneshot::channel::<()>();
-        let task_shared = shared.clone();
-        let thread = std::thread::Builder::new()
-            .name("azure-dps".into())
-            .spawn(move || {
-                runtime.block_on(async move {
-                    let dps = serve(dps_listener, dps_tls, Service::Dps, task_shared.clone());
-                    let factory =
-                        serve(factory_listener, factory_tls, Service::Factory, task_shared);
-                    tokio::select! {
-                        _ = rx => {}
-                        _ = dps => {}
-                        _ = factory => {}
-                    }
-                });
-                runtime.shutdown_timeout(Duration::from_secs(1));
-            })
-            .expect("azure-dps: thread");
+        let dps_server = serve(dps_listener, dps_tls, Service::Dps, shared.clone());
+        let factory_server = serve(
+            factory_listener,
+            factory_tls,
+            Service::Factory,
+            shared.clone(),
+        );
+        let server = async move {
+            tokio::join!(dps_server, factory_server);
+        };
         AzureDps {
             shared,
             dps,
             factory,
-            shutdown: Some(tx),
-            thread: Some(thread),
+            _server: listen::Background::run("azure-dps", runtime, server),
         }
     }
 
@@ -340,39 +324,16 @@ impl AzureDps {
     }
 }
 
-impl Drop for AzureDps {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
 async fn serve(listener: TcpListener, tls: TlsAcceptor, service: Service, shared: Arc<Shared>) {
-    loop {
-        let Ok((tcp, _)) = listener.accept().await else {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-            continue;
-        };
-        let (tls, shared) = (tls.clone(), shared.clone());
-        tokio::spawn(async move {
-            // A client without an acceptable certificate fails here, in the
-            // handshake, as it does with DPS.
-            let Ok(stream) = tls.accept(tcp).await else {
-                return;
-            };
-            let client_cn = stream
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|chain| chain.first())
-                .and_then(|leaf| common_name_and_key(leaf));
-            serve_connection(stream, service, client_cn, shared).await;
-        });
-    }
+    // A client without an acceptable certificate fails in the handshake, as
+    // it does with DPS.
+    listen::accept(listener, Some(tls), move |connection| {
+        let client = connection
+            .client_certificate
+            .and_then(|leaf| common_name_and_key(&leaf));
+        serve_connection(connection.stream, service, client, shared.clone())
+    })
+    .await;
 }
 
 fn common_name_and_key(der: &[u8]) -> Option<(String, Vec<u8>)> {

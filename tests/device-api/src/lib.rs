@@ -63,6 +63,7 @@ pub mod azure_dps;
 #[cfg(test)]
 mod azure_dps_tests;
 mod csr;
+mod listen;
 pub mod losant;
 mod oauth;
 mod pki;
@@ -75,10 +76,7 @@ pub mod tii;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, MutexGuard};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-
-use tokio::sync::oneshot;
 
 pub use losant::{Losant, LosantDevice, LosantOptions, LosantReply};
 
@@ -263,8 +261,7 @@ pub struct Registration {
 pub struct DeviceApi {
     shared: Arc<server::Shared>,
     addr: SocketAddr,
-    shutdown: Option<oneshot::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
+    _server: listen::Background,
 }
 
 impl DeviceApi {
@@ -274,12 +271,7 @@ impl DeviceApi {
     /// Panics if the runtime, the socket or the test PKI cannot be set up:
     /// this is test tooling, and there is nothing sensible to recover.
     pub fn start(opts: Options) -> DeviceApi {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("device-api")
-            .enable_all()
-            .build()
-            .expect("device-api: tokio runtime");
+        let runtime = listen::runtime("device-api");
         let socket = if opts.listen.is_ipv4() {
             tokio::net::TcpSocket::new_v4()
         } else {
@@ -309,22 +301,11 @@ impl DeviceApi {
             }
         };
 
-        let (tx, rx) = oneshot::channel();
-        let task_shared = shared.clone();
-        let thread = std::thread::Builder::new()
-            .name("device-api".into())
-            .spawn(move || {
-                runtime.block_on(server::run(listener, tls, task_shared, rx));
-                // Connections still open (e.g. a `Hang`) are cancelled here.
-                runtime.shutdown_timeout(Duration::from_secs(1));
-            })
-            .expect("device-api: thread");
-
+        let server = server::run(listener, tls, shared.clone());
         DeviceApi {
             shared,
             addr,
-            shutdown: Some(tx),
-            thread: Some(thread),
+            _server: listen::Background::run("device-api", runtime, server),
         }
     }
 
@@ -391,17 +372,5 @@ impl DeviceApi {
 
     fn state(&self) -> MutexGuard<'_, server::State> {
         self.shared.state()
-    }
-}
-
-impl Drop for DeviceApi {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            // A panic in the server thread must not turn into a double panic here.
-            let _ = thread.join();
-        }
     }
 }

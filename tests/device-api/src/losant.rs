@@ -24,8 +24,7 @@
 use std::collections::VecDeque;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
@@ -34,8 +33,8 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde_json::{json, Value};
-use tokio::sync::oneshot;
 
+use crate::listen;
 use crate::pki::{random_hex, Pki};
 use crate::Recorded;
 
@@ -128,20 +127,14 @@ impl Shared {
 pub struct Losant {
     shared: Arc<Shared>,
     addr: SocketAddr,
-    shutdown: Option<oneshot::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
+    _server: listen::Background,
 }
 
 impl Losant {
     /// Starts the double on `127.0.0.1` and an ephemeral port. Panics when it
     /// cannot: this is test tooling.
     pub fn start(opts: LosantOptions) -> Losant {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("losant")
-            .enable_all()
-            .build()
-            .expect("losant: tokio runtime");
+        let runtime = listen::runtime("losant");
         let listener = {
             let _runtime = runtime.enter();
             let socket = tokio::net::TcpSocket::new_v4().expect("losant: socket");
@@ -161,44 +154,14 @@ impl Losant {
             state: Mutex::default(),
         });
         let tls = opts.tls.then(|| shared.pki.tls_acceptor());
-        let (tx, mut rx) = oneshot::channel::<()>();
         let task_shared = shared.clone();
-        let thread = std::thread::Builder::new()
-            .name("losant".into())
-            .spawn(move || {
-                runtime.block_on(async move {
-                    loop {
-                        let tcp = tokio::select! {
-                            _ = &mut rx => return,
-                            accepted = listener.accept() => match accepted {
-                                Ok((tcp, _)) => tcp,
-                                Err(_) => {
-                                    tokio::time::sleep(Duration::from_millis(10)).await;
-                                    continue;
-                                }
-                            },
-                        };
-                        let (shared, tls) = (task_shared.clone(), tls.clone());
-                        tokio::spawn(async move {
-                            match tls {
-                                None => serve(TokioIo::new(tcp), shared).await,
-                                Some(acceptor) => {
-                                    if let Ok(stream) = acceptor.accept(tcp).await {
-                                        serve(TokioIo::new(stream), shared).await;
-                                    }
-                                }
-                            }
-                        });
-                    }
-                });
-                runtime.shutdown_timeout(Duration::from_secs(1));
-            })
-            .expect("losant: thread");
+        let server = listen::accept(listener, tls, move |connection| {
+            serve(TokioIo::new(connection.stream), task_shared.clone())
+        });
         Losant {
             shared,
             addr,
-            shutdown: Some(tx),
-            thread: Some(thread),
+            _server: listen::Background::run("losant", runtime, server),
         }
     }
 
@@ -272,17 +235,6 @@ impl Losant {
         let device = new_device(manufacturer_id);
         self.shared.state().devices.push(device.clone());
         device
-    }
-}
-
-impl Drop for Losant {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
     }
 }
 
@@ -476,6 +428,7 @@ fn error(code: u16, message: &str) -> Answer {
 mod tests {
     use super::*;
     use std::io::{Read, Write};
+    use std::time::Duration;
 
     /// One HTTP/1.1 exchange over plain TCP: (status, JSON body).
     fn post(losant: &Losant, path: &str, content_type: &str, body: &str) -> (u16, Value) {

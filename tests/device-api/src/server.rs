@@ -15,9 +15,9 @@ use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpSocket};
-use tokio::sync::oneshot;
 use tokio_rustls::TlsAcceptor;
 
+use crate::listen;
 use crate::oauth::OAuth;
 use crate::pki::Pki;
 use crate::{csr, registration, sota_toml, Capacity, Load, Options, Recorded, Registration, Reply};
@@ -93,50 +93,19 @@ pub(crate) enum Listener {
     Later(TcpSocket, Duration),
 }
 
-/// Serves until `shutdown` fires (or its sender is dropped).
-pub(crate) async fn run(
-    listener: Listener,
-    tls: Option<TlsAcceptor>,
-    shared: Arc<Shared>,
-    mut shutdown: oneshot::Receiver<()>,
-) {
+/// Serves for as long as the future runs.
+pub(crate) async fn run(listener: Listener, tls: Option<TlsAcceptor>, shared: Arc<Shared>) {
     let listener = match listener {
         Listener::Now(listener) => listener,
         Listener::Later(socket, delay) => {
-            tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
-                _ = &mut shutdown => return,
-            }
+            tokio::time::sleep(delay).await;
             socket.listen(LISTEN_BACKLOG).expect("device-api: listen")
         }
     };
-    loop {
-        let tcp = tokio::select! {
-            _ = &mut shutdown => return,
-            accepted = listener.accept() => match accepted {
-                Ok((tcp, _)) => tcp,
-                Err(_) => {
-                    // e.g. EMFILE: back off instead of spinning.
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
-                }
-            },
-        };
-        // Without it the TLS handshake's flights wait for delayed ACKs
-        // (40 ms each), which would show up as the agent's wall time.
-        let _ = tcp.set_nodelay(true);
-        let (shared, tls) = (shared.clone(), tls.clone());
-        tokio::spawn(async move {
-            match tls {
-                None => serve_connection(tcp, shared).await,
-                Some(acceptor) => {
-                    if let Ok(stream) = acceptor.accept(tcp).await {
-                        serve_connection(stream, shared).await;
-                    }
-                }
-            }
-        });
-    }
+    listen::accept(listener, tls, move |connection| {
+        serve_connection(connection.stream, shared.clone())
+    })
+    .await;
 }
 
 async fn serve_connection<IO>(io: IO, shared: Arc<Shared>)

@@ -21,6 +21,8 @@ use x509_parser::oid_registry::{
 };
 use x509_parser::prelude::FromDer;
 
+use crate::listen;
+
 use super::{Fleet, KeyKind, Provision, ProvisionReply};
 
 const MAX_REQUEST_BODY: usize = 1 << 20;
@@ -32,24 +34,16 @@ pub(crate) async fn serve(
     tls: Option<tokio_rustls::TlsAcceptor>,
     fleet: Arc<Fleet>,
 ) {
-    loop {
-        let Ok((tcp, _)) = listener.accept().await else {
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-            continue;
-        };
-        let (fleet, tls) = (fleet.clone(), tls.clone());
-        tokio::spawn(async move {
+    listen::accept(listener, tls, move |connection| {
+        let fleet = fleet.clone();
+        async move {
             let service = hyper::service::service_fn(move |req| handle(fleet.clone(), req));
-            let http = hyper::server::conn::http1::Builder::new();
-            let _ = match tls {
-                None => http.serve_connection(TokioIo::new(tcp), service).await,
-                Some(acceptor) => match acceptor.accept(tcp).await {
-                    Ok(stream) => http.serve_connection(TokioIo::new(stream), service).await,
-                    Err(_) => return,
-                },
-            };
-        });
-    }
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(connection.stream), service)
+                .await;
+        }
+    })
+    .await;
 }
 
 fn answer(code: u16, value: &Value) -> Answer {
