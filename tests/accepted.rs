@@ -11,17 +11,6 @@ use device_api::{DeviceApi, Options, Reply};
 
 const PENDING: &str = ".lmp-device-register.pending 600";
 
-fn posted_uuids(api: &DeviceApi) -> Vec<String> {
-    api.requests()
-        .into_iter()
-        .filter(|r| r.method == "POST")
-        .map(|r| {
-            let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
-            body["uuid"].as_str().unwrap().to_string()
-        })
-        .collect()
-}
-
 fn strict_server() -> DeviceApi {
     DeviceApi::start(Options {
         idempotent_retries: false,
@@ -54,7 +43,7 @@ fn an_answer_lost_at_a_strict_server_is_explained() {
     let device = Device::new();
     let run = device.run(&api, &["--json"]);
     run.assert_code(3);
-    let uuids = posted_uuids(&api);
+    let uuids = api.posted_uuids();
     assert_eq!(uuids.len(), 2, "{run:?}");
     assert_eq!(uuids[0], uuids[1], "the retry is the same device");
     assert_explains_the_stuck_device(&run.stderr, &uuids[0]);
@@ -84,7 +73,7 @@ fn a_resumed_identity_at_a_strict_server_is_explained() {
     let run = device.run(&api, &["--boot", "--json"]);
     run.assert_code(3)
         .assert_says("resuming the unfinished registration");
-    let uuids = posted_uuids(&api);
+    let uuids = api.posted_uuids();
     assert_eq!(uuids.len(), 2);
     assert_eq!(uuids[0], uuids[1]);
     assert_explains_the_stuck_device(&run.stderr, &uuids[0]);
@@ -136,7 +125,7 @@ fn an_answer_lost_at_an_idempotent_server_is_asked_for_again() {
     let device = Device::new();
     device.run(&api, &["--boot"]).assert_code(0);
     assert_eq!(device.sota_listing(), REGISTERED_SOFTWARE);
-    let uuids = posted_uuids(&api);
+    let uuids = api.posted_uuids();
     assert_eq!(uuids.len(), 2);
     assert_eq!(uuids[0], uuids[1]);
     assert_eq!(api.registrations().len(), 1);
@@ -183,7 +172,7 @@ fn an_answer_that_could_not_be_stored_is_stored_by_the_next_run() {
         .assert_code(0)
         .assert_says("finishing the registration of");
     assert_eq!(device.sota_listing(), REGISTERED_SOFTWARE);
-    assert_eq!(posted_uuids(&api).len(), 1, "the server was asked once");
+    assert_eq!(api.posted_uuids().len(), 1, "the server was asked once");
     assert_eq!(api.registrations().len(), 1);
     let client = std::fs::read_to_string(device.sota().join("client.pem")).unwrap();
     assert_eq!(

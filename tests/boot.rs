@@ -24,17 +24,6 @@ fn post_times(api: &DeviceApi) -> Vec<Instant> {
         .collect()
 }
 
-fn posted_uuids(api: &DeviceApi) -> Vec<String> {
-    api.requests()
-        .into_iter()
-        .filter(|r| r.method == "POST")
-        .map(|r| {
-            let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
-            body["uuid"].as_str().unwrap().to_string()
-        })
-        .collect()
-}
-
 /// The delays the agent announced ("retrying in 2.3s"), in order.
 fn announced_delays(stderr: &str) -> Vec<Duration> {
     stderr
@@ -115,7 +104,7 @@ fn a_hanging_request_times_out_and_is_retried() {
     run.assert_code(0).assert_says("timed out");
     assert!(started.elapsed() < Duration::from_secs(20));
     assert_eq!(api.registrations().len(), 1);
-    let uuids = posted_uuids(&api);
+    let uuids = api.posted_uuids();
     assert_eq!(uuids.len(), 2);
     assert_eq!(uuids[0], uuids[1], "the retry is the same device");
 }
@@ -161,7 +150,7 @@ fn sigterm_stops_cleanly_and_the_next_run_is_the_same_device() {
 
     device.run(&api, &[]).assert_code(0).assert_says("resuming");
     assert_eq!(device.sota_listing(), REGISTERED_SOFTWARE);
-    let uuids = posted_uuids(&api);
+    let uuids = api.posted_uuids();
     assert!(uuids.iter().all(|u| *u == uuids[0]), "{uuids:?}");
     assert_eq!(api.registrations().len(), 1);
 }
@@ -205,7 +194,7 @@ fn sigkill_at_any_point_then_rerun_registers_exactly_one_device() {
 
         let run = device.run(&api, &[]);
         let listing = device.sota_listing();
-        let uuids = posted_uuids(&api);
+        let uuids = api.posted_uuids();
         let context = format!(
             "killed after {kill_after_ms}ms: {listing:?} {uuids:?}\n{}",
             run.stderr

@@ -584,20 +584,6 @@ fn baseline(key: Key) -> BTreeMap<&'static str, Vec<&'static str>> {
         .collect()
 }
 
-fn strace_available() -> bool {
-    let found = Command::new("strace")
-        .arg("-V")
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        // CI installs strace (.ci/run): there a missing strace is a failure.
-        assert!(std::env::var_os("CI").is_none(), "strace is not installed");
-        eprintln!("strace is not installed: skipping (apt-get install strace)");
-    }
-    found
-}
-
 fn report(title: &str, tally: &Tally, started: Instant) {
     println!("\n{title} ({:.0} s)", started.elapsed().as_secs_f64());
     println!("| key | error | server | faults | accepted, not stored | crashes | panics | orphaned | not registered | SoftHSM2's own | eventfd (tokio panics) |");

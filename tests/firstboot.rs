@@ -17,7 +17,7 @@ mod common;
 mod firstboot_support;
 mod hsm_support;
 
-use device_api::{DeviceApi, Options, Registration, Reply};
+use device_api::{Options, Registration, Reply};
 use firstboot_support::image::{self, Image, Layout};
 use firstboot_support::machine::{
     by_boot, persisted_journal, persisted_journal_export, Entry, Machine, UNIT,
@@ -131,18 +131,6 @@ fn micros(props: &BTreeMap<String, String>, key: &str) -> u64 {
         .get(key)
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no {key} in {props:?}"))
-}
-
-/// The UUIDs of every registration request the double received.
-fn posted_uuids(api: &DeviceApi) -> Vec<String> {
-    api.requests()
-        .into_iter()
-        .filter(|r| r.method == "POST")
-        .map(|r| {
-            let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
-            body["uuid"].as_str().unwrap().to_string()
-        })
-        .collect()
 }
 
 #[track_caller]
@@ -296,7 +284,8 @@ fn network_down_at_boot_registers_once_the_link_is_up() {
     println!("{}", machine.journal_text(&["--unit", UNIT]));
     let registrations = api.registrations();
     assert_eq!(registrations.len(), 1, "one identity at the server");
-    assert!(posted_uuids(&api)
+    assert!(api
+        .posted_uuids()
         .iter()
         .all(|uuid| *uuid == registrations[0].uuid));
     let journal = machine.journal(&[]);
@@ -341,7 +330,7 @@ fn a_refusal_fails_the_unit_once_and_the_boot_completes() {
     let unit = machine.show(UNIT);
     assert_eq!(unit["ActiveState"], "failed");
     assert_eq!(unit["NRestarts"], "0", "a refusal is not retried");
-    assert_eq!(posted_uuids(&api).len(), 1);
+    assert_eq!(api.posted_uuids().len(), 1);
 
     let result = the_result(&machine.journal(&[RESULT_MATCH]));
     assert_eq!(result.priority(), 3);
@@ -351,7 +340,7 @@ fn a_refusal_fails_the_unit_once_and_the_boot_completes() {
     assert_eq!(result.get("EXIT_CODE"), Some("4"));
     assert_eq!(
         result.get("DEVICE_UUID"),
-        Some(posted_uuids(&api)[0].as_str())
+        Some(api.posted_uuids()[0].as_str())
     );
     assert_eq!(result.get("FACTORY"), Some(image::FACTORY));
 
@@ -389,7 +378,7 @@ fn shutdown_during_registration_stops_cleanly_and_the_next_boot_keeps_the_identi
     let image = lmp_image("shutdown");
     let mut first = Machine::boot(&image, &net, "boot1");
     let uuid = wait_for(Duration::from_secs(60), "the first request", || {
-        posted_uuids(&api).first().cloned()
+        api.posted_uuids().first().cloned()
     });
     let halt = first.stop();
     println!("halted {halt:?} after the request went out");
@@ -440,7 +429,7 @@ fn shutdown_during_registration_stops_cleanly_and_the_next_boot_keeps_the_identi
     );
     let result = the_result(&second.journal(&[RESULT_MATCH]));
     assert_eq!(result.get("DEVICE_UUID"), Some(uuid.as_str()));
-    assert!(posted_uuids(&api).iter().all(|posted| *posted == uuid));
+    assert!(api.posted_uuids().iter().all(|posted| *posted == uuid));
     let registrations = api.registrations();
     assert!(!registrations.is_empty());
     assert!(registrations.iter().all(|r| r.uuid == uuid));

@@ -11,20 +11,6 @@ use device_api::{DeviceApi, Options};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-fn strace_available() -> bool {
-    let found = Command::new("strace")
-        .arg("-V")
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        // CI installs strace (.ci/run): there a missing strace is a failure.
-        assert!(std::env::var_os("CI").is_none(), "strace is not installed");
-        eprintln!("strace is not installed: skipping (apt-get install strace)");
-    }
-    found
-}
-
 /// Runs a registration under strace and returns the run and the files it
 /// opened.
 fn opened_files(device: &Device, cmd: Command) -> (Run, Vec<String>) {

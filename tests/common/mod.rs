@@ -195,3 +195,19 @@ pub fn cert_of(pem_text: &str) -> Vec<u8> {
     let (_, pem) = x509_parser::pem::parse_x509_pem(pem_text.as_bytes()).unwrap();
     pem.contents
 }
+
+/// Whether strace is there for the tests that watch or fault the agent's
+/// system calls.
+pub fn strace_available() -> bool {
+    let found = Command::new("strace")
+        .arg("-V")
+        .stdout(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        // CI installs strace (.ci/run): there a missing strace is a failure.
+        assert!(std::env::var_os("CI").is_none(), "strace is not installed");
+        eprintln!("strace is not installed: skipping (apt-get install strace)");
+    }
+    found
+}

@@ -365,6 +365,17 @@ impl DeviceApi {
         self.state().registrations.clone()
     }
 
+    /// The `uuid` of every registration request received, in order (also
+    /// of those refused or not answered).
+    pub fn posted_uuids(&self) -> Vec<String> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r.method == "POST")
+            .filter_map(|r| serde_json::from_slice::<serde_json::Value>(&r.body).ok())
+            .filter_map(|body| body["uuid"].as_str().map(str::to_string))
+            .collect()
+    }
+
     /// Peak load so far (see [`Options::capacity`]).
     pub fn load(&self) -> Load {
         self.state().load.peak
