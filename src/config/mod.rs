@@ -293,6 +293,18 @@ impl<'a> Resolver<'a> {
         })
     }
 
+    /// The CA bundle trusted instead of the system roots: `--cacert`, else
+    /// `cacert` in the profile's `section` of the config file.
+    pub fn cacert(&mut self, section: &str, configured: Option<&PathBuf>) -> Option<CaBundle> {
+        let cli = self.cli;
+        if let Some(path) = &cli.cacert {
+            return self.ca_bundle(path.clone(), "--cacert");
+        }
+        let path = configured?.clone();
+        let what = self.file_key(section, "cacert");
+        self.ca_bundle(path, &what)
+    }
+
     /// A PEM file of CA certificates, read and checked now so that a wrong
     /// path is reported with the setting that named it.
     pub fn ca_bundle(&mut self, path: PathBuf, origin: &str) -> Option<CaBundle> {

@@ -416,14 +416,11 @@ pub fn resolve(r: &mut Resolver<'_>) -> Option<LmpSettings> {
         (None, None, None) => url(r, "the built-in OAUTH_BASE", build::OAUTH_BASE),
     };
 
-    let cacert = match (&cli.cacert, r.env("DEVICE_API_CACERT"), &table.cacert) {
-        (Some(p), _, _) => r.ca_bundle(p.clone(), "--cacert"),
-        (None, Some(p), _) => r.ca_bundle(PathBuf::from(p), "environment DEVICE_API_CACERT"),
-        (None, None, Some(p)) => {
-            let what = key(r, "cacert");
-            r.ca_bundle(p.clone(), &what)
+    let cacert = match r.env("DEVICE_API_CACERT") {
+        Some(p) if cli.cacert.is_none() => {
+            r.ca_bundle(PathBuf::from(p), "environment DEVICE_API_CACERT")
         }
-        (None, None, None) => None,
+        _ => r.cacert("lmp", table.cacert.as_ref()),
     };
 
     if let Some(hsm) = r.hsm() {

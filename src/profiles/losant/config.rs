@@ -291,14 +291,7 @@ pub fn resolve(r: &mut Resolver<'_>) -> Option<LosantSettings> {
         r.origin("manufacturer id", from.clone());
     }
 
-    let cacert = match (&cli.cacert, &table.cacert) {
-        (Some(path), _) => r.ca_bundle(path.clone(), "--cacert"),
-        (None, Some(path)) => {
-            let what = key(r, "cacert");
-            r.ca_bundle(path.clone(), &what)
-        }
-        (None, None) => None,
-    };
+    let cacert = r.cacert("losant", table.cacert.as_ref());
 
     let (state_dir, credentials_name) = location?;
     let (manufacturer_id, manufacturer_id_source) = manufacturer_id?;
