@@ -325,7 +325,8 @@ impl<'a> Resolver<'a> {
     /// Flags given on the command line that belong to another profile.
     fn foreign_flags(&self, profile: ProfileName, uses_key: bool) -> Vec<String> {
         use clap::CommandFactory;
-        let command = Cli::command();
+        // Built only to name a foreign flag, which a normal run has none of.
+        let command = std::cell::LazyCell::new(Cli::command);
         let long_name = |id: &str| {
             command
                 .get_arguments()
