@@ -22,9 +22,9 @@ pub fn pem_certificates(text: &str) -> Result<Vec<CertificateDer<'static>>, Stri
 }
 
 /// Certificates as PEM text, one block after the other (LF line ends).
-// The profiles that store certificates they were sent re-encoded need it;
+// The profiles that store or import certificates re-encoded need it;
 // an LmP-only build has none of them.
-#[cfg_attr(not(feature = "tii"), allow(dead_code))]
+#[cfg_attr(not(any(feature = "tii", feature = "azure-dps")), allow(dead_code))]
 pub fn to_pem(ders: &[CertificateDer<'_>]) -> String {
     let config = ::pem::EncodeConfig::new().set_line_ending(::pem::LineEnding::LF);
     ders.iter()

@@ -12,6 +12,15 @@ pub struct HsmSettings {
     pub so_pin: Secret,
 }
 
+impl HsmSettings {
+    /// The module's path as programs that run from another directory need
+    /// it in their configuration: absolute, with symlinks kept as given so
+    /// that a library upgrade does not break it.
+    pub fn absolute_module(&self) -> PathBuf {
+        std::path::absolute(&self.module).unwrap_or_else(|_| self.module.clone())
+    }
+}
+
 /// What `/etc/sota/hsm` says; each part may be missing.
 #[derive(Default, Debug)]
 pub struct HsmFile {

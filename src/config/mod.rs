@@ -256,6 +256,33 @@ impl<'a> Resolver<'a> {
         }
     }
 
+    /// A file holding one secret line (an API or registration token), with
+    /// a warning when others can read it; `Ok(None)` when it does not exist,
+    /// `Err` when it cannot be used (recorded as a problem already). `what`
+    /// names the file in errors, `secret` the value in the origins.
+    pub fn secret_line(
+        &mut self,
+        path: &Path,
+        what: &str,
+        secret: &str,
+    ) -> std::result::Result<Option<Secret>, Reported> {
+        let Some(text) = self.read_secret(path)? else {
+            return Ok(None);
+        };
+        let line = parse_single_line(&text, what).map_err(|e| {
+            self.problem(format!("{}: {e}", path.display()));
+            Reported
+        })?;
+        if let Some(mode) = readable_by_others(path) {
+            self.warn(format!(
+                "{} is readable by group or others (mode {mode:o}); it should be 0600",
+                path.display()
+            ));
+        }
+        self.origin(secret, path.display().to_string());
+        Ok(Some(Secret::new(line)))
+    }
+
     /// A secret given on the command line: used, with a warning.
     pub fn secret_flag(&mut self, value: Option<&String>, flag: &str) -> Option<Secret> {
         value.map(|v| {
@@ -264,6 +291,18 @@ impl<'a> Resolver<'a> {
             ));
             Secret::new(v.clone())
         })
+    }
+
+    /// The CA bundle trusted instead of the system roots: `--cacert`, else
+    /// `cacert` in the profile's `section` of the config file.
+    pub fn cacert(&mut self, section: &str, configured: Option<&PathBuf>) -> Option<CaBundle> {
+        let cli = self.cli;
+        if let Some(path) = &cli.cacert {
+            return self.ca_bundle(path.clone(), "--cacert");
+        }
+        let path = configured?.clone();
+        let what = self.file_key(section, "cacert");
+        self.ca_bundle(path, &what)
     }
 
     /// A PEM file of CA certificates, read and checked now so that a wrong
@@ -434,7 +473,7 @@ fn problem_report(problems: &[String]) -> String {
 }
 
 /// A mode that lets group or others read a secret file draws a warning.
-pub(crate) fn readable_by_others(path: &Path) -> Option<u32> {
+fn readable_by_others(path: &Path) -> Option<u32> {
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
     (mode & 0o077 != 0).then_some(mode)

@@ -188,14 +188,7 @@ pub(crate) fn resolve(r: &mut Resolver<'_>) -> Option<AzureDpsSettings> {
         let what = key(r, "factory_ca");
         r.ca_bundle(path, &what)
     });
-    let cacert = match (&r.cli.cacert, &table.cacert) {
-        (Some(path), _) => r.ca_bundle(path.clone(), "--cacert"),
-        (None, Some(path)) => {
-            let what = key(r, "cacert");
-            r.ca_bundle(path.clone(), &what)
-        }
-        (None, None) => None,
-    };
+    let cacert = r.cacert(TABLE, table.cacert.as_ref());
     let state_dir = table
         .state_dir
         .clone()

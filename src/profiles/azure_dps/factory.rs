@@ -44,16 +44,9 @@ pub(crate) struct DeviceCertificate {
 }
 
 impl DeviceCertificate {
-    /// The leaf's PEM block (for the token's certificate object): the text
-    /// up to the first END line, since the chain was checked to start with
-    /// the leaf and to hold nothing but certificates.
+    /// The leaf's PEM block (for the token's certificate object).
     pub fn leaf_pem(&self) -> String {
-        const END: &str = "-----END CERTIFICATE-----";
-        let leaf = match self.pem.find(END) {
-            Some(at) => &self.pem[..at + END.len()],
-            None => &self.pem,
-        };
-        format!("{leaf}\n")
+        x509::to_pem(&self.chain[..1])
     }
 }
 

@@ -81,11 +81,9 @@ struct Pkcs11Location {
 
 impl Pkcs11Location {
     fn of(token: &Token) -> Pkcs11Location {
-        let module = &token.settings().module;
-        let module = std::path::absolute(module).unwrap_or_else(|_| module.clone());
         let layout = token.layout();
         Pkcs11Location {
-            module: module.display().to_string(),
+            module: token.settings().absolute_module().display().to_string(),
             token_label: layout.token_label,
             key_label: layout.key_label,
             key_id: layout.key_id,

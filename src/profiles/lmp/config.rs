@@ -374,23 +374,8 @@ pub fn resolve(r: &mut Resolver<'_>) -> Option<LmpSettings> {
             (None, None, Some(p)) => (p.clone(), Some(key(r, "token_file"))),
             (None, None, None) => (r.path(paths::TOKEN_FILE), None),
         };
-        match r.read_secret(&path) {
-            Ok(Some(text)) => match parse_single_line(&text, "the token file") {
-                Ok(token) => {
-                    if let Some(mode) = crate::config::readable_by_others(&path) {
-                        r.warn(format!(
-                            "{} is readable by group or others (mode {mode:o}); it should be 0600",
-                            path.display()
-                        ));
-                    }
-                    r.origin("api token", path.display().to_string());
-                    Some(Secret::new(token))
-                }
-                Err(e) => {
-                    r.problem(format!("{}: {e}", path.display()));
-                    None
-                }
-            },
+        match r.secret_line(&path, "the token file", "api token") {
+            Ok(Some(token)) => Some(token),
             Ok(None) => {
                 if let Some(origin) = asked_by {
                     r.problem(format!(
@@ -431,14 +416,11 @@ pub fn resolve(r: &mut Resolver<'_>) -> Option<LmpSettings> {
         (None, None, None) => url(r, "the built-in OAUTH_BASE", build::OAUTH_BASE),
     };
 
-    let cacert = match (&cli.cacert, r.env("DEVICE_API_CACERT"), &table.cacert) {
-        (Some(p), _, _) => r.ca_bundle(p.clone(), "--cacert"),
-        (None, Some(p), _) => r.ca_bundle(PathBuf::from(p), "environment DEVICE_API_CACERT"),
-        (None, None, Some(p)) => {
-            let what = key(r, "cacert");
-            r.ca_bundle(p.clone(), &what)
+    let cacert = match r.env("DEVICE_API_CACERT") {
+        Some(p) if cli.cacert.is_none() => {
+            r.ca_bundle(PathBuf::from(p), "environment DEVICE_API_CACERT")
         }
-        (None, None, None) => None,
+        _ => r.cacert("lmp", table.cacert.as_ref()),
     };
 
     if let Some(hsm) = r.hsm() {

@@ -12,12 +12,9 @@ pub fn section(token: &Token) -> toml::Table {
     let mut set = |key: &str, value: &str| {
         p11.insert(key.to_string(), toml::Value::String(value.to_string()));
     };
-    // fioconfig and aktualizr-lite run from another directory; symlinks
-    // stay as given so that a library upgrade does not break the path.
     let settings = token.settings();
-    let module = std::path::absolute(&settings.module).unwrap_or_else(|_| settings.module.clone());
     let layout = token.layout();
-    set("module", &module.to_string_lossy());
+    set("module", &settings.absolute_module().to_string_lossy());
     set("pass", settings.pin.expose());
     set("label", layout.token_label);
     set("tls_pkey_id", layout.key_id);

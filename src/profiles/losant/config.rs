@@ -3,7 +3,7 @@
 //! network interfaces of the device, in that order.
 
 use super::{jwt, mac};
-use crate::config::{parse_single_line, parse_url, CaBundle, Reported, Resolver};
+use crate::config::{parse_url, CaBundle, Reported, Resolver};
 use crate::secret::Secret;
 use serde::Deserialize;
 use std::path::{Component, Path, PathBuf};
@@ -173,25 +173,14 @@ pub fn resolve(r: &mut Resolver<'_>) -> Option<LosantSettings> {
         ));
         Err(Reported)
     } else {
-        r.read_secret(&token_file)
+        r.secret_line(
+            &token_file,
+            "the registration token file",
+            "registration token",
+        )
     };
     let token = match token_read {
-        Ok(Some(text)) => match parse_single_line(&text, "the registration token file") {
-            Ok(token) => {
-                if let Some(mode) = crate::config::readable_by_others(&token_file) {
-                    r.warn(format!(
-                        "{} is readable by group or others (mode {mode:o}); it should be 0600",
-                        token_file.display()
-                    ));
-                }
-                r.origin("registration token", token_file.display().to_string());
-                Some(Secret::new(token))
-            }
-            Err(e) => {
-                r.problem(format!("{}: {e}", token_file.display()));
-                None
-            }
-        },
+        Ok(Some(token)) => Some(token),
         Ok(None) => {
             // A registered device needs no token: `--boot` must succeed on it
             // even after the image dropped the file.
@@ -302,14 +291,7 @@ pub fn resolve(r: &mut Resolver<'_>) -> Option<LosantSettings> {
         r.origin("manufacturer id", from.clone());
     }
 
-    let cacert = match (&cli.cacert, &table.cacert) {
-        (Some(path), _) => r.ca_bundle(path.clone(), "--cacert"),
-        (None, Some(path)) => {
-            let what = key(r, "cacert");
-            r.ca_bundle(path.clone(), &what)
-        }
-        (None, None) => None,
-    };
+    let cacert = r.cacert("losant", table.cacert.as_ref());
 
     let (state_dir, credentials_name) = location?;
     let (manufacturer_id, manufacturer_id_source) = manufacturer_id?;

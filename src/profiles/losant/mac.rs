@@ -93,9 +93,8 @@ pub fn interface_address(net_dir: &Path, interface: &str) -> Result<InterfaceAdd
                 "the address of {interface} is random (addr_assign_type 1) and would change on the next boot"
             ))
         }
-        Some("2") | Some("3") => Some(format!(
-            "the address of {interface} was not assigned by its network card (addr_assign_type {}); it is the manufacturer id from now on",
-            attribute(&dir, "addr_assign_type").unwrap_or_default()
+        Some(assigned @ ("2" | "3")) => Some(format!(
+            "the address of {interface} was not assigned by its network card (addr_assign_type {assigned}); it is the manufacturer id from now on"
         )),
         _ => None,
     };

@@ -228,7 +228,6 @@ fn optional(value: Option<String>) -> Option<String> {
 }
 
 pub fn resolve(r: &mut Resolver<'_>) -> Option<TiiSettings> {
-    let cli = r.cli;
     let table: Table = r.section("tii");
     let key = |r: &Resolver<'_>, name: &str| r.file_key("tii", name);
 
@@ -371,14 +370,7 @@ pub fn resolve(r: &mut Resolver<'_>) -> Option<TiiSettings> {
         }
     };
 
-    let cacert = match (&cli.cacert, &table.cacert) {
-        (Some(p), _) => r.ca_bundle(p.clone(), "--cacert"),
-        (None, Some(p)) => {
-            let what = key(r, "cacert");
-            r.ca_bundle(p.clone(), &what)
-        }
-        (None, None) => None,
-    };
+    let cacert = r.cacert("tii", table.cacert.as_ref());
 
     Some(TiiSettings {
         state_dir,

@@ -7,7 +7,7 @@ pub(crate) mod config;
 pub(crate) mod nats;
 pub(crate) mod provision;
 
-use super::{Answer, Backend, Enrolment, StepOutcome, StoredFile};
+use super::{report_fields, Answer, Backend, Enrolment, StepOutcome, StoredFile};
 use crate::config::{CaBundle, Common, Resolver};
 use crate::csr::{build_csr_pem, CsrSubject};
 use crate::error::{Error, ErrorKind, Result};
@@ -107,13 +107,6 @@ impl Tii {
     }
 }
 
-fn object(value: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
-    match value {
-        serde_json::Value::Object(map) => map,
-        _ => serde_json::Map::new(),
-    }
-}
-
 impl Backend for Tii {
     fn state_dir(&self) -> &Path {
         &self.settings.state_dir
@@ -154,7 +147,7 @@ impl Backend for Tii {
     }
 
     fn registered_report(&self) -> serde_json::Map<String, serde_json::Value> {
-        object(json!({
+        report_fields(json!({
             "id": self.registered_id(),
             "state_dir": self.settings.state_dir.display().to_string(),
         }))
@@ -294,7 +287,7 @@ impl Backend for Tii {
                 Some(alias) => format!("registered device {id} ({alias}) with the fleet manager"),
                 None => format!("registered device {id} with the fleet manager"),
             },
-            report: object(json!({
+            report: report_fields(json!({
                 "id": id,
                 "alias": alias,
                 "device_type": s.device_type,
