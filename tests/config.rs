@@ -309,3 +309,25 @@ fn a_config_path_that_does_not_exist_is_an_error() {
     assert!(!device.sota().exists());
     assert!(api.requests().is_empty());
 }
+
+#[test]
+fn relative_paths_in_the_config_file_are_refused_together() {
+    let api = api();
+    let device = Device::new();
+    let config = device.path("etc/lmp-device-register.toml");
+    write_file(
+        &config,
+        "[lmp]\nsota_dir = \"var/sota\"\ncacert = \"ca.pem\"\ntoken_file = \"token\"\n",
+        0o644,
+    );
+    let run = device.run(&api, &[]);
+    run.assert_code(2);
+    let problems = listed_problems(&run.stderr);
+    for key in ["sota_dir var/sota", "cacert ca.pem", "token_file token"] {
+        let expected = format!("{} [lmp] {key}: must be an absolute path", config.display());
+        assert!(problems.contains(&expected), "{expected} in {problems:#?}");
+    }
+    assert_eq!(problems.len(), 3, "{problems:#?}");
+    assert!(!device.sota().exists());
+    assert!(api.requests().is_empty());
+}

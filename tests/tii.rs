@@ -502,6 +502,26 @@ fn every_missing_setting_is_reported_at_once_and_nothing_is_created() {
     run.assert_says("nats_port");
     run.assert_says("--factory belongs to the lmp profile");
     assert!(!root.path().join(STATE_DIR).exists());
+
+    // Relative paths would depend on the working directory.
+    write_file(
+        &root.path().join("etc/lmp-device-register.toml"),
+        "profile = \"tii\"\n[tii]\nprovisioning_url = \"http://127.0.0.1:9\"\ndevice_type = \"x\"\nbuild_version = \"1\"\nstate_dir = \"fleet\"\ncacert = \"ca.pem\"\n",
+        0o644,
+    );
+    let run: Run = Command::new(env!("CARGO_BIN_EXE_lmp-device-register"))
+        .env_clear()
+        .arg("--root")
+        .arg(root.path())
+        .output()
+        .unwrap()
+        .into();
+    run.assert_code(2);
+    run.assert_says("[tii] state_dir fleet: must be an absolute path");
+    run.assert_says("[tii] cacert ca.pem: must be an absolute path");
+    run.assert_says("2 configuration problems");
+    assert!(!root.path().join(STATE_DIR).exists());
+    assert!(!Path::new("fleet").exists());
 }
 
 #[test]

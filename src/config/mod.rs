@@ -293,6 +293,28 @@ impl<'a> Resolver<'a> {
         })
     }
 
+    /// A path from the profile's `section` of the config file. A relative one
+    /// is reported, not used: it would depend on the working directory, which
+    /// is `/` under the boot unit and anything in a technician's shell.
+    pub fn configured_path(
+        &mut self,
+        section: &str,
+        key: &str,
+        path: Option<PathBuf>,
+    ) -> Result<Option<PathBuf>, Reported> {
+        match path {
+            Some(relative) if relative.is_relative() => {
+                let what = self.file_key(section, key);
+                self.problem(format!(
+                    "{what} {}: must be an absolute path",
+                    relative.display()
+                ));
+                Err(Reported)
+            }
+            path => Ok(path),
+        }
+    }
+
     /// The CA bundle trusted instead of the system roots: `--cacert`, else
     /// `cacert` in the profile's `section` of the config file.
     pub fn cacert(&mut self, section: &str, configured: Option<&PathBuf>) -> Option<CaBundle> {

@@ -87,19 +87,14 @@ pub(crate) fn resolve(r: &mut Resolver<'_>) -> Option<AzureDpsSettings> {
     let mut table: Table = r.section(TABLE);
     let key = |r: &Resolver<'_>, name: &str| r.file_key(TABLE, name);
 
-    // A relative path would depend on the working directory.
     for (name, path) in [
         ("state_dir", &mut table.state_dir),
         ("factory_ca", &mut table.factory_ca),
         ("cacert", &mut table.cacert),
     ] {
-        if let Some(relative) = path.take_if(|p| p.is_relative()) {
-            let what = key(r, name);
-            r.problem(format!(
-                "{what} {}: must be an absolute path",
-                relative.display()
-            ));
-        }
+        *path = r
+            .configured_path(TABLE, name, path.take())
+            .unwrap_or_default();
     }
 
     let id_scope = match &table.id_scope {

@@ -180,8 +180,17 @@ fn url(r: &mut Resolver<'_>, what: &str, value: &str) -> Option<reqwest::Url> {
 
 pub fn resolve(r: &mut Resolver<'_>) -> Option<LmpSettings> {
     let cli = r.cli;
-    let table: Table = r.section("lmp");
+    let mut table: Table = r.section("lmp");
     let key = |r: &Resolver<'_>, name: &str| r.file_key("lmp", name);
+    for (name, path) in [
+        ("sota_dir", &mut table.sota_dir),
+        ("cacert", &mut table.cacert),
+    ] {
+        *path = r
+            .configured_path("lmp", name, path.take())
+            .unwrap_or_default();
+    }
+    let token_file = r.configured_path("lmp", "token_file", table.token_file.take());
 
     let sota_dir = match (&cli.sota_dir, &table.sota_dir) {
         (Some(dir), _) => dir.clone(),
@@ -368,13 +377,19 @@ pub fn resolve(r: &mut Resolver<'_>) -> Option<LmpSettings> {
         Some(token)
     } else {
         // Where a path that was asked for came from, to say so when it is missing.
-        let (path, asked_by) = match (&cli.api_token_file, r.env("TOKEN_FILE"), &table.token_file) {
+        let (path, asked_by) = match (&cli.api_token_file, r.env("TOKEN_FILE"), &token_file) {
             (Some(p), _, _) => (p.clone(), Some("--api-token-file".to_string())),
             (None, Some(p), _) => (PathBuf::from(p), Some("environment TOKEN_FILE".to_string())),
-            (None, None, Some(p)) => (p.clone(), Some(key(r, "token_file"))),
-            (None, None, None) => (r.path(paths::TOKEN_FILE), None),
+            (None, None, Ok(Some(p))) => (p.clone(), Some(key(r, "token_file"))),
+            (None, None, Ok(None) | Err(Reported)) => (r.path(paths::TOKEN_FILE), None),
         };
-        match r.secret_line(&path, "the token file", "api token") {
+        let read = match (&asked_by, token_file) {
+            // The configured file was refused already; the default is not
+            // what was asked for.
+            (None, Err(Reported)) => Err(Reported),
+            _ => r.secret_line(&path, "the token file", "api token"),
+        };
+        match read {
             Ok(Some(token)) => Some(token),
             Ok(None) => {
                 if let Some(origin) = asked_by {

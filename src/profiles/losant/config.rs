@@ -147,16 +147,11 @@ pub fn resolve(r: &mut Resolver<'_>) -> Option<LosantSettings> {
     };
     // The default is relative when --root is: only a configured path must
     // be absolute (a relative one would depend on the working directory).
-    let location = if table.credentials.as_ref().is_some_and(|p| p.is_relative()) {
-        r.problem(format!(
-            "{credentials_from} {}: must be an absolute path",
-            credentials.display()
-        ));
-        None
-    } else {
-        credentials_location(&credentials, &credentials_from)
+    let location = match r.configured_path("losant", "credentials", table.credentials.clone()) {
+        Err(Reported) => None,
+        Ok(_) => credentials_location(&credentials, &credentials_from)
             .map_err(|e| r.problem(e))
-            .ok()
+            .ok(),
     };
     let registered = credentials.symlink_metadata().is_ok() && !r.cli.force.unwrap_or(false);
 
@@ -165,19 +160,13 @@ pub fn resolve(r: &mut Resolver<'_>) -> Option<LosantSettings> {
         Some(path) => path.clone(),
         None => r.path(paths::TOKEN_FILE),
     };
-    let token_read = if table.token_file.as_ref().is_some_and(|p| p.is_relative()) {
-        let what = key(r, "token_file");
-        r.problem(format!(
-            "{what} {}: must be an absolute path",
-            token_file.display()
-        ));
-        Err(Reported)
-    } else {
-        r.secret_line(
+    let token_read = match r.configured_path("losant", "token_file", table.token_file.clone()) {
+        Err(Reported) => Err(Reported),
+        Ok(_) => r.secret_line(
             &token_file,
             "the registration token file",
             "registration token",
-        )
+        ),
     };
     let token = match token_read {
         Ok(Some(token)) => Some(token),
@@ -291,7 +280,10 @@ pub fn resolve(r: &mut Resolver<'_>) -> Option<LosantSettings> {
         r.origin("manufacturer id", from.clone());
     }
 
-    let cacert = r.cacert("losant", table.cacert.as_ref());
+    let cacert = match r.configured_path("losant", "cacert", table.cacert.clone()) {
+        Err(Reported) => None,
+        Ok(configured) => r.cacert("losant", configured.as_ref()),
+    };
 
     let (state_dir, credentials_name) = location?;
     let (manufacturer_id, manufacturer_id_source) = manufacturer_id?;

@@ -228,8 +228,16 @@ fn optional(value: Option<String>) -> Option<String> {
 }
 
 pub fn resolve(r: &mut Resolver<'_>) -> Option<TiiSettings> {
-    let table: Table = r.section("tii");
+    let mut table: Table = r.section("tii");
     let key = |r: &Resolver<'_>, name: &str| r.file_key("tii", name);
+    for (name, path) in [
+        ("state_dir", &mut table.state_dir),
+        ("cacert", &mut table.cacert),
+    ] {
+        *path = r
+            .configured_path("tii", name, path.take())
+            .unwrap_or_default();
+    }
 
     let state_dir = match &table.state_dir {
         Some(dir) => {
