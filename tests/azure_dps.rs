@@ -10,8 +10,6 @@ mod hsm_support;
 
 use common::{listing, Run};
 use cryptoki::object::{AttributeType, ObjectClass};
-use cryptoki::session::UserType;
-use cryptoki::types::AuthPin;
 use device_api::azure_dps::{AzureDps, DpsOptions, DpsReply, Service};
 use hsm_support::{softhsm_available, Fixture, MODULE};
 use serde_json::{json, Value};
@@ -663,11 +661,7 @@ fn neither_the_key_nor_a_pin_leaks() {
 
 fn token_objects(device: &Device) -> Vec<hsm_support::ObjectView> {
     let hsm = device.fixture.open_softhsm();
-    let slot = hsm.slot("azure-dps").expect("token azure-dps");
-    let session = hsm.ctx().open_ro_session(slot).unwrap();
-    session
-        .login(UserType::User, Some(&AuthPin::from(PIN.to_string())))
-        .unwrap();
+    let session = hsm.login_to("azure-dps", PIN);
     let objects = hsm_support::objects(&session);
     drop(session);
     objects
