@@ -166,7 +166,7 @@ pub async fn register(common: &Common, profile: &Profile) -> Result<Outcome> {
         token.keep_created();
     }
 
-    let checkpoint = IdentityStore {
+    let mut checkpoint = IdentityStore {
         dir: &dir,
         id: &identity.id,
         key_file: key_spec.as_ref().map(|spec| spec.file),
@@ -230,7 +230,7 @@ pub async fn register(common: &Common, profile: &Profile) -> Result<Outcome> {
     // A stored identity's key file is in place already.
     let software_key = match stored {
         true => None,
-        false => identity.key.as_ref().and_then(DeviceKey::private_pem),
+        false => checkpoint.software_key.take(),
     };
     let checkpointed = checkpoint.written.take();
     drop(checkpoint);

@@ -110,12 +110,11 @@ impl HttpError {
             HttpError::Connect(_) | HttpError::Transport(_) => ErrorKind::Unavailable,
             HttpError::Tls(_) => ErrorKind::Config,
             HttpError::Status { code: 409, .. } => ErrorKind::AlreadyRegistered,
-            HttpError::Status { code, .. } if last.retry_hint().is_some() || *code < 400 => {
-                if (300..400).contains(code) {
-                    ErrorKind::Rejected
-                } else {
-                    ErrorKind::Unavailable
-                }
+            HttpError::Status {
+                code: 300..=399, ..
+            } => ErrorKind::Rejected,
+            HttpError::Status { code, .. } if last.retry_hint().is_some() || *code < 300 => {
+                ErrorKind::Unavailable
             }
             HttpError::Status { .. } => ErrorKind::Rejected,
             HttpError::Body(_) => ErrorKind::BadResponse,

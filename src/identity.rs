@@ -52,23 +52,23 @@ fn record_line(record: &impl Serialize) -> Result<Zeroizing<String>> {
         Zeroizing::new(serde_json::to_string(record).map_err(|e| {
             Error::internal(format!("cannot encode the pending registration: {e}"))
         })?);
-    let digest = ring::digest::digest(&ring::digest::SHA256, json.as_bytes());
-    let mut line = Zeroizing::new(hex(digest.as_ref()));
+    let mut line = Zeroizing::new(checksum(&json));
     line.push(' ');
     line.push_str(&json);
     line.push('\n');
     Ok(line)
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+/// The hex SHA-256 that starts a record's line.
+fn checksum(json: &str) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, json.as_bytes());
+    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The JSON of a line whose checksum matches.
 fn checked(line: &str) -> Option<&str> {
     let (sum, json) = line.split_once(' ')?;
-    let digest = ring::digest::digest(&ring::digest::SHA256, json.as_bytes());
-    (sum == hex(digest.as_ref())).then_some(json)
+    (sum == checksum(json)).then_some(json)
 }
 
 fn damaged(path: &Path, why: impl std::fmt::Display) -> Error {

@@ -21,6 +21,15 @@ fn io_error(path: &Path, what: &str) -> impl FnOnce() -> String {
     move || format!("cannot {what} {path}")
 }
 
+/// Removes a file; a missing one is fine. Whether there was one.
+fn remove_if_present(path: &Path) -> std::io::Result<bool> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// fsync of a directory, so that the renames and removals in it survive
 /// power loss.
 pub fn sync_dir(dir: &Path) -> Result<()> {
@@ -40,10 +49,7 @@ fn replace_file(dir: &Path, name: &str, contents: &[u8], mode: u32) -> Result<()
     // every reboot, and the directory lock keeps writers apart anyway.
     let temp = dir.join(format!(".{name}.tmp"));
     let result = (|| -> std::io::Result<()> {
-        match std::fs::remove_file(&temp) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-            _ => {}
-        }
+        remove_if_present(&temp)?;
         let mut file = OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -102,12 +108,8 @@ pub fn install(dir: &Path, files: &[Entry<'_>], obsolete: &[&str]) -> Result<()>
     }
     for name in obsolete {
         let path = dir.join(name);
-        match std::fs::remove_file(&path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(e).with_kind_context(ErrorKind::Internal, io_error(&path, "remove"))
-            }
-            _ => {}
-        }
+        remove_if_present(&path)
+            .with_kind_context(ErrorKind::Internal, io_error(&path, "remove"))?;
     }
     sync_dir(dir)
 }
@@ -115,11 +117,10 @@ pub fn install(dir: &Path, files: &[Entry<'_>], obsolete: &[&str]) -> Result<()>
 /// Removes a file durably; a missing file is fine.
 pub fn remove(dir: &Path, name: &str) -> Result<()> {
     let path = dir.join(name);
-    match std::fs::remove_file(&path) {
-        Ok(()) => sync_dir(dir),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e).with_kind_context(ErrorKind::Internal, io_error(&path, "remove")),
+    if remove_if_present(&path).with_kind_context(ErrorKind::Internal, io_error(&path, "remove"))? {
+        sync_dir(dir)?;
     }
+    Ok(())
 }
 
 /// Creates the state dir (0700) if needed and tightens a looser one.

@@ -325,7 +325,8 @@ impl<'a> Resolver<'a> {
     /// Flags given on the command line that belong to another profile.
     fn foreign_flags(&self, profile: ProfileName, uses_key: bool) -> Vec<String> {
         use clap::CommandFactory;
-        let command = Cli::command();
+        // Built only to name a foreign flag, which a normal run has none of.
+        let command = std::cell::LazyCell::new(Cli::command);
         let long_name = |id: &str| {
             command
                 .get_arguments()
@@ -451,18 +452,23 @@ pub(crate) fn split_list(value: &str) -> Vec<String> {
 
 /// An http(s) URL with a host.
 pub(crate) fn parse_url(what: &str, value: &str) -> std::result::Result<reqwest::Url, String> {
+    // A value refused for any reason may still carry a password before an
+    // `@`; such a value is not echoed.
+    let shown = if value.contains('@') {
+        "(not shown: it may carry a password)".to_string()
+    } else {
+        format!("{value:?}")
+    };
     let url = reqwest::Url::parse(value)
-        .map_err(|e| format!("{what} {value:?} is not a valid URL: {e}"))?;
-    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
-        return Err(format!(
-            "{what} {value:?} must be an http:// or https:// URL"
-        ));
-    }
+        .map_err(|e| format!("{what} {shown} is not a valid URL: {e}"))?;
     // URLs are logged; credentials in one would be too.
     if !url.username().is_empty() || url.password().is_some() {
         return Err(format!(
             "{what} must not carry a user name or password (URLs are logged; credentials come from the token file)"
         ));
+    }
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err(format!("{what} {shown} must be an http:// or https:// URL"));
     }
     Ok(url)
 }
@@ -496,6 +502,14 @@ mod tests {
         ] {
             let err = parse_url("DEVICE_API", url).unwrap_err();
             assert!(err.contains("user name or password"), "{err}");
+            assert!(!err.contains("hunter2"), "{err}");
+        }
+        // Refused for another reason, they must not be echoed either.
+        for url in [
+            "ftp://user:hunter2@api.example/",
+            "https://user:hunter2@[::1/",
+        ] {
+            let err = parse_url("DEVICE_API", url).unwrap_err();
             assert!(!err.contains("hunter2"), "{err}");
         }
     }

@@ -202,9 +202,8 @@ impl DeviceKey {
     }
 
     /// The key as rustls signs with it, for mutual TLS.
-    // The profiles that prove themselves with mutual TLS (tii, azure-dps)
-    // are being added; until then nothing calls it.
-    #[allow(dead_code)]
+    // Only the profiles that prove themselves with mutual TLS call it.
+    #[cfg_attr(not(any(feature = "tii", feature = "azure-dps")), allow(dead_code))]
     pub fn tls_signing_key(&self) -> Result<Arc<dyn rustls::sign::SigningKey>> {
         match self {
             DeviceKey::Software(key) => key.tls_signing_key(),

@@ -32,12 +32,7 @@ pub fn ecdsa_raw_to_der(raw: &[u8]) -> Option<Vec<u8>> {
         return None;
     }
     let (r, s) = raw.split_at(raw.len() / 2);
-    Some(yasna::construct_der(|w| {
-        w.write_sequence(|w| {
-            w.next().write_bigint_bytes(r, true);
-            w.next().write_bigint_bytes(s, true);
-        })
-    }))
+    Some(integer_pair(r, s))
 }
 
 /// The uncompressed point from CKA_EC_POINT. PKCS#11 says it is a DER OCTET
@@ -53,10 +48,16 @@ pub fn ec_point(value: &[u8]) -> Option<Vec<u8>> {
 /// PKCS#1 RSAPublicKey from CKA_MODULUS and CKA_PUBLIC_EXPONENT (unsigned
 /// big-endian), the form rcgen and ring take RSA public keys in.
 pub fn rsa_public_key(modulus: &[u8], exponent: &[u8]) -> Vec<u8> {
+    integer_pair(modulus, exponent)
+}
+
+/// SEQUENCE { INTEGER, INTEGER } of two unsigned big-endian numbers: the
+/// shape of both an ECDSA-Sig-Value and an RSAPublicKey.
+fn integer_pair(first: &[u8], second: &[u8]) -> Vec<u8> {
     yasna::construct_der(|w| {
         w.write_sequence(|w| {
-            w.next().write_bigint_bytes(modulus, true);
-            w.next().write_bigint_bytes(exponent, true);
+            w.next().write_bigint_bytes(first, true);
+            w.next().write_bigint_bytes(second, true);
         })
     })
 }

@@ -30,28 +30,16 @@ use std::sync::{Arc, Mutex};
 /// The first canonical (8-4-4-4-12 hex) UUID inside a slot description, as
 /// OP-TEE writes it: `OP-TEE PKCS11 TA - TEE UUID <uuid>`.
 pub fn uuid_in_description(description: &str) -> Option<String> {
-    const GROUPS: [usize; 5] = [8, 4, 4, 4, 12];
+    const LEN: usize = 36;
     let bytes = description.as_bytes();
-    (0..bytes.len().saturating_sub(35)).find_map(|start| {
-        let candidate = bytes.get(start..start + 36)?;
-        let mut at = 0;
-        for (i, len) in GROUPS.iter().enumerate() {
-            if !candidate[at..at + len].iter().all(u8::is_ascii_hexdigit) {
-                return None;
-            }
-            at += len;
-            if i < GROUPS.len() - 1 {
-                if candidate[at] != b'-' {
-                    return None;
-                }
-                at += 1;
-            }
-        }
+    (0..=bytes.len().saturating_sub(LEN)).find_map(|start| {
+        // Of the forms uuid parses, only the hyphenated one is 36 bytes long.
+        let uuid = uuid::Uuid::try_parse_ascii(bytes.get(start..start + LEN)?).ok()?;
         let before_ok = start == 0 || !bytes[start - 1].is_ascii_alphanumeric();
         let after_ok = bytes
-            .get(start + 36)
+            .get(start + LEN)
             .is_none_or(|b| !b.is_ascii_alphanumeric());
-        (before_ok && after_ok).then(|| String::from_utf8_lossy(candidate).to_ascii_lowercase())
+        (before_ok && after_ok).then(|| uuid.hyphenated().to_string())
     })
 }
 
