@@ -9,10 +9,11 @@
 //! at a time, 0.2 s each, `Retry-After: 2`); change it with
 //! `-- --devices N --capacity C --service-ms MS --retry-after S`.
 
+mod common;
+
+use common::device_root;
 use device_api::{Capacity, DeviceApi, Options};
 use std::collections::{BTreeMap, BTreeSet};
-use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -63,13 +64,6 @@ impl Scenario {
     fn ideal(&self) -> Duration {
         self.service * self.devices as u32 / self.capacity as u32
     }
-}
-
-fn device_root(dir: &Path) {
-    std::fs::create_dir_all(dir.join("etc")).unwrap();
-    let token = dir.join("etc/lmp-device-register-token");
-    std::fs::write(&token, "demo-token\n").unwrap();
-    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
 }
 
 fn main() {

@@ -14,6 +14,9 @@
 //! features, so this benchmark builds the shipped one itself (and, for its
 //! size only, the LmP-only one with `--no-default-features`).
 
+mod common;
+
+use common::{device_root, under};
 use device_api::{DeviceApi, Options};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -107,15 +110,6 @@ fn size_line(what: &str, binary: &Path, budget: Option<u64>) {
         "{what}: {:.2} MiB ({size} bytes){verdict}",
         size as f64 / MIB
     );
-}
-
-/// A device root with the API token; `https` adds nothing, the TLS set-up
-/// is in the arguments and environment.
-fn device_root(dir: &Path) {
-    std::fs::create_dir_all(dir.join("etc")).unwrap();
-    let token = dir.join("etc/lmp-device-register-token");
-    std::fs::write(&token, "demo-token\n").unwrap();
-    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
 }
 
 /// How a registration is run: which binary, and what it needs around it.
@@ -229,22 +223,16 @@ fn instructions(command: &dyn Fn(&Path) -> Command) -> Option<u64> {
     }
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("valgrind.log");
-    let plain = command(dir.path());
-    let mut cmd = Command::new("valgrind");
-    cmd.arg("--tool=callgrind")
-        .arg("--callgrind-out-file=/dev/null")
-        .arg(format!("--log-file={}", log.display()))
-        .arg(plain.get_program())
-        .args(plain.get_args())
-        .env_clear()
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    for (name, value) in plain.get_envs() {
-        if let Some(value) = value {
-            cmd.env(name, value);
-        }
-    }
+    let log_file = format!("--log-file={}", log.display());
+    let mut cmd = under(
+        "valgrind",
+        &[
+            "--tool=callgrind",
+            "--callgrind-out-file=/dev/null",
+            &log_file,
+        ],
+        &command(dir.path()),
+    );
     let status = cmd.status().ok()?;
     assert!(status.success(), "registration under callgrind failed");
     let text = std::fs::read_to_string(&log).ok()?;
@@ -260,22 +248,17 @@ fn fsyncs(command: &dyn Fn(&Path) -> Command) -> Option<usize> {
     }
     let dir = tempfile::tempdir().unwrap();
     let trace = dir.path().join("strace.txt");
-    let plain = command(dir.path());
-    let mut cmd = Command::new("strace");
-    cmd.args(["-f", "-qq", "-o"])
-        .arg(&trace)
-        .arg("--trace=fsync,fdatasync,syncfs,sync,sync_file_range,msync")
-        .arg(plain.get_program())
-        .args(plain.get_args())
-        .env_clear()
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    for (name, value) in plain.get_envs() {
-        if let Some(value) = value {
-            cmd.env(name, value);
-        }
-    }
+    let mut cmd = under(
+        "strace",
+        &[
+            "-f",
+            "-qq",
+            "-o",
+            trace.to_str().unwrap(),
+            "--trace=fsync,fdatasync,syncfs,sync,sync_file_range,msync",
+        ],
+        &command(dir.path()),
+    );
     let status = cmd.status().ok()?;
     assert!(status.success(), "registration under strace failed");
     let text = std::fs::read_to_string(&trace).ok()?;

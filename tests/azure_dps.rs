@@ -10,8 +10,6 @@ mod hsm_support;
 
 use common::{listing, Run};
 use cryptoki::object::{AttributeType, ObjectClass};
-use cryptoki::session::UserType;
-use cryptoki::types::AuthPin;
 use device_api::azure_dps::{AzureDps, DpsOptions, DpsReply, Service};
 use hsm_support::{softhsm_available, Fixture, MODULE};
 use serde_json::{json, Value};
@@ -130,6 +128,18 @@ fn enabled_at_factory() -> DpsOptions {
     DpsOptions {
         enable_at_factory: true,
         ..DpsOptions::default()
+    }
+}
+
+/// DPS decides at the first poll. Every wait for a decision is the
+/// `Retry-After` floor plus the agent's growing jitter (up to 12 s with
+/// `--boot`): the tests about something other than polling skip the polls
+/// that only add such waits. Polling and its floors have tests of their
+/// own.
+fn decided_at_once(options: DpsOptions) -> DpsOptions {
+    DpsOptions {
+        polls_before_assigned: 0,
+        ..options
     }
 }
 
@@ -318,7 +328,7 @@ fn factory_step_then_first_boot_in_two_runs_keeps_the_certificate_in_between() {
 
 #[test]
 fn a_factory_without_dps_keeps_the_certificate_for_the_first_boot() {
-    let dps = start(enabled_at_factory());
+    let dps = start(decided_at_once(enabled_at_factory()));
     let device = Device::new(&dps);
     // The factory network reaches the enrolment endpoint, not DPS.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -341,7 +351,7 @@ fn a_factory_without_dps_keeps_the_certificate_for_the_first_boot() {
 
 #[test]
 fn a_boot_run_waits_for_a_disabled_enrollment_to_be_enabled() {
-    let dps = start(DpsOptions::default());
+    let dps = start(decided_at_once(DpsOptions::default()));
     let device = Device::new(&dps);
     let child = device
         .command(&["--boot", "--retry-deadline", "120"])
@@ -372,7 +382,7 @@ fn a_boot_run_waits_for_a_disabled_enrollment_to_be_enabled() {
 
 #[test]
 fn a_boot_run_gives_up_on_a_disabled_enrollment_at_its_deadline_with_exit_5() {
-    let dps = start(DpsOptions::default());
+    let dps = start(decided_at_once(DpsOptions::default()));
     let device = Device::new(&dps);
     let started = Instant::now();
     // Retry-After (1 s) is a floor with up to 4 s of jitter on top: the
@@ -434,10 +444,7 @@ fn retry_after_is_a_floor_for_429_5xx_and_assigning() {
 
 #[test]
 fn a_poll_for_an_unknown_operation_starts_again_from_the_put() {
-    let dps = start(DpsOptions {
-        polls_before_assigned: 0,
-        ..enabled_at_factory()
-    });
+    let dps = start(decided_at_once(enabled_at_factory()));
     dps.push_replies([DpsReply::UnknownOperation]);
     let device = Device::new(&dps);
     device
@@ -457,7 +464,7 @@ fn a_poll_for_an_unknown_operation_starts_again_from_the_put() {
 
 #[test]
 fn a_failed_registration_exits_4_with_the_error_and_the_next_run_succeeds() {
-    let dps = start(enabled_at_factory());
+    let dps = start(decided_at_once(enabled_at_factory()));
     dps.push_replies([DpsReply::Failed {
         error_code: 400209,
         message: "Custom allocation failed".into(),
@@ -560,7 +567,7 @@ fn settings_problems_are_reported_together_before_anything_is_made() {
 
 #[test]
 fn force_replaces_a_registration_with_a_new_identity() {
-    let dps = start(enabled_at_factory());
+    let dps = start(decided_at_once(enabled_at_factory()));
     let device = Device::new(&dps);
     device.run(&[]).assert_code(0);
     let first = device.assignment()["registrationId"].clone();
@@ -663,11 +670,7 @@ fn neither_the_key_nor_a_pin_leaks() {
 
 fn token_objects(device: &Device) -> Vec<hsm_support::ObjectView> {
     let hsm = device.fixture.open_softhsm();
-    let slot = hsm.slot("azure-dps").expect("token azure-dps");
-    let session = hsm.ctx().open_ro_session(slot).unwrap();
-    session
-        .login(UserType::User, Some(&AuthPin::from(PIN.to_string())))
-        .unwrap();
+    let session = hsm.login_to("azure-dps", PIN);
     let objects = hsm_support::objects(&session);
     drop(session);
     objects
@@ -678,7 +681,7 @@ fn a_token_key_registers_over_mutual_tls_in_two_runs() {
     if !softhsm_available() {
         return;
     }
-    let dps = start(DpsOptions::default());
+    let dps = start(decided_at_once(DpsOptions::default()));
     let device = Device::new(&dps).with_hsm();
     device
         .run(&[])

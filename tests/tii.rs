@@ -8,22 +8,18 @@
 #![cfg(feature = "tii")]
 
 mod common;
+mod hsm_support;
 
 use common::{listing, write_file, Run};
-use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass};
-use cryptoki::session::UserType;
-use cryptoki::types::AuthPin;
 use device_api::tii::{
     nats_server_available, secret_payload, FleetReply, KeyKind, ProvisionReply, TiiFleet,
     TiiOptions, CN_PREFIX, CN_SUFFIX, PAYLOAD_SECRETS,
 };
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-const SOFTHSM: &str = "/usr/lib/softhsm/libsofthsm2.so";
 const PIN: &str = "tii-user-pin-4821";
 const SO_PIN: &str = "tii-so-pin-9375";
 const STATE_DIR: &str = "var/lib/fleet-registration";
@@ -80,7 +76,10 @@ impl TiiDevice {
         );
         write_file(
             &self.path("etc/sota/hsm"),
-            &format!("HSM_MODULE={SOFTHSM}\nHSM_PIN={PIN}\nHSM_SOPIN={SO_PIN}\n"),
+            &format!(
+                "HSM_MODULE={}\nHSM_PIN={PIN}\nHSM_SOPIN={SO_PIN}\n",
+                hsm_support::MODULE
+            ),
             0o600,
         );
         self.softhsm_conf = Some(conf);
@@ -172,18 +171,6 @@ fn json_of(run: &Run) -> serde_json::Value {
 
 fn skip() -> bool {
     !nats_server_available()
-}
-
-fn softhsm_missing() -> bool {
-    if Path::new(SOFTHSM).exists() {
-        return false;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "SoftHSM2 ({SOFTHSM}) is not installed"
-    );
-    eprintln!("SoftHSM2 is not installed: skipping");
-    true
 }
 
 /// What a registered device must look like on disk and at the fleet.
@@ -339,23 +326,8 @@ struct TokenView {
 }
 
 fn token_view(device: &TiiDevice) -> TokenView {
-    static LOCK: Mutex<()> = Mutex::new(());
-    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    // Safe under the lock: no other thread of this process reads it.
-    std::env::set_var("SOFTHSM2_CONF", device.softhsm_conf.as_ref().unwrap());
-    let ctx = Pkcs11::new(SOFTHSM).unwrap();
-    ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
-        .unwrap();
-    let slot = ctx
-        .get_slots_with_initialized_token()
-        .unwrap()
-        .into_iter()
-        .find(|s| ctx.get_token_info(*s).unwrap().label() == "fleet-registration")
-        .expect("token fleet-registration");
-    let session = ctx.open_ro_session(slot).unwrap();
-    session
-        .login(UserType::User, Some(&AuthPin::from(PIN.to_string())))
-        .unwrap();
+    let hsm = hsm_support::open_softhsm(device.softhsm_conf.as_ref().unwrap());
+    let session = hsm.login_to("fleet-registration", PIN);
     let find = |class, id: u8| {
         session
             .find_objects(&[
@@ -403,7 +375,6 @@ fn token_view(device: &TiiDevice) -> TokenView {
         })
         .unwrap();
     drop(session);
-    let _ = ctx.finalize();
     TokenView {
         key_types,
         private_sensitive,
@@ -414,7 +385,7 @@ fn token_view(device: &TiiDevice) -> TokenView {
 /// With `resume`, a first run gets no result and the second one resumes
 /// with the key already in the token.
 fn token_registration(key_type: &str, kind: KeyKind, pkcs11_type: KeyType, resume: bool) {
-    if skip() || softhsm_missing() {
+    if skip() || !hsm_support::softhsm_available() {
         return;
     }
     let fleet = TiiFleet::start(TiiOptions::default());

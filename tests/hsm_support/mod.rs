@@ -242,7 +242,14 @@ impl SoftHsm {
 
     /// A user session on the `aktualizr` token.
     pub fn login(&self, pin: &str) -> Session {
-        let slot = self.slot("aktualizr").expect("token aktualizr exists");
+        self.login_to("aktualizr", pin)
+    }
+
+    /// A user session on the token labelled `label`.
+    pub fn login_to(&self, label: &str, pin: &str) -> Session {
+        let slot = self
+            .slot(label)
+            .unwrap_or_else(|| panic!("token {label} exists"));
         let session = self.ctx().open_rw_session(slot).unwrap();
         session
             .login(UserType::User, Some(&AuthPin::from(pin.to_string())))

@@ -225,12 +225,19 @@ pub struct Recorded {
 }
 
 impl Recorded {
+    pub(crate) fn new(parts: &hyper::http::request::Parts, body: &[u8]) -> Recorded {
+        Recorded {
+            method: parts.method.as_str().to_owned(),
+            path: parts.uri.path().to_owned(),
+            headers: listen::header_pairs(&parts.headers),
+            body: body.to_vec(),
+            at: Instant::now(),
+        }
+    }
+
     /// The first value of header `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        listen::find_header(&self.headers, name)
     }
 }
 

@@ -7,6 +7,7 @@ use std::future::Future;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use hyper::header::{HeaderMap, CONTENT_TYPE};
 use rustls::pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
@@ -24,6 +25,49 @@ pub(crate) struct Connection {
     pub stream: Box<dyn Stream>,
     /// The certificate the client presented in the TLS handshake, if any.
     pub client_certificate: Option<CertificateDer<'static>>,
+}
+
+/// Returned by a double's service to make hyper drop the connection
+/// without answering.
+#[derive(Debug)]
+pub(crate) struct HangUp;
+
+impl std::fmt::Display for HangUp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("scripted hang-up")
+    }
+}
+
+impl std::error::Error for HangUp {}
+
+/// Whether the request says its body is JSON (parameters such as
+/// `charset` aside).
+pub(crate) fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json"))
+}
+
+/// Headers as recorded for the tests: lower-case names, values decoded
+/// lossily as UTF-8.
+pub(crate) fn header_pairs(headers: &HeaderMap) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|(name, value)| {
+            let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+            (name.as_str().to_owned(), value)
+        })
+        .collect()
+}
+
+/// The first value of header `name` (case-insensitive) among `headers`.
+pub(crate) fn find_header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
 }
 
 /// A runtime for a double, named after it (the name shows in panics).

@@ -24,7 +24,6 @@
 use std::collections::VecDeque;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
 
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
@@ -34,8 +33,8 @@ use hyper_util::rt::TokioIo;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde_json::{json, Value};
 
-use crate::listen;
-use crate::pki::{random_hex, Pki};
+use crate::listen::{self, HangUp};
+use crate::pki::{random_hex, random_uuid, Pki};
 use crate::Recorded;
 
 /// Where the template's experience endpoint listens.
@@ -243,21 +242,9 @@ fn new_device(manufacturer_id: &str) -> LosantDevice {
         manufacturer_id: manufacturer_id.into(),
         // Losant ids are 24 hex digits; keys are UUIDs; secrets 64 hex digits.
         device_id: random_hex(12),
-        access_key: uuid_like(),
+        access_key: random_uuid(),
         access_secret: random_hex(32),
     }
-}
-
-fn uuid_like() -> String {
-    let hex = random_hex(16);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..]
-    )
 }
 
 async fn serve<IO>(io: IO, shared: Arc<Shared>)
@@ -270,17 +257,6 @@ where
         .await;
 }
 
-#[derive(Debug)]
-struct HangUp;
-
-impl std::fmt::Display for HangUp {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("scripted hang-up")
-    }
-}
-
-impl std::error::Error for HangUp {}
-
 type Answer = Response<Full<Bytes>>;
 
 async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Answer, HangUp> {
@@ -289,20 +265,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Answer, H
         Ok(collected) => collected.to_bytes(),
         Err(_) => return Ok(error(413, "Request body too large")),
     };
-    shared.state().requests.push(Recorded {
-        method: parts.method.as_str().to_owned(),
-        path: parts.uri.path().to_owned(),
-        headers: parts
-            .headers
-            .iter()
-            .map(|(n, v)| {
-                let value = String::from_utf8_lossy(v.as_bytes()).into_owned();
-                (n.as_str().to_owned(), value)
-            })
-            .collect(),
-        body: body.to_vec(),
-        at: Instant::now(),
-    });
+    shared.state().requests.push(Recorded::new(&parts, &body));
     if parts.uri.path() != REGISTER_PATH {
         return Ok(error(404, "Not found"));
     }
@@ -314,12 +277,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Answer, H
         .replies
         .pop_front()
         .unwrap_or_else(|| shared.default_reply.clone());
-    let json_body = parts
-        .headers
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json"));
+    let json_body = listen::is_json(&parts.headers);
     match reply {
         LosantReply::Register => Ok(shared.register(json_body, &body)),
         LosantReply::RegisterThenHangUp => {

@@ -239,3 +239,16 @@ pub(crate) fn random_bytes(n: usize) -> Vec<u8> {
 pub(crate) fn random_hex(n: usize) -> String {
     random_bytes(n).iter().map(|b| format!("{b:02x}")).collect()
 }
+
+/// 16 random bytes in the 8-4-4-4-12 form of a UUID (no version bits).
+pub(crate) fn random_uuid() -> String {
+    let hex = random_hex(16);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    )
+}

@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine as _;
 use http_body_util::{BodyExt, Full, Limited};
@@ -17,7 +17,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio_rustls::TlsAcceptor;
 
-use crate::listen;
+use crate::listen::{self, HangUp};
 use crate::oauth::OAuth;
 use crate::pki::Pki;
 use crate::{csr, registration, sota_toml, Capacity, Load, Options, Recorded, Registration, Reply};
@@ -119,18 +119,6 @@ where
         .await;
 }
 
-/// Returned by the service to make hyper drop the connection without answering.
-#[derive(Debug)]
-struct HangUp;
-
-impl std::fmt::Display for HangUp {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("scripted hang-up")
-    }
-}
-
-impl std::error::Error for HangUp {}
-
 /// Counts a request (or an admitted registration) while it is handled,
 /// also when hyper drops the handler because the client went away.
 struct Occupied<'a> {
@@ -212,21 +200,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Answer, H
 
 impl Shared {
     fn record(&self, parts: &Parts, body: Bytes) {
-        let headers = parts
-            .headers
-            .iter()
-            .map(|(name, value)| {
-                let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
-                (name.as_str().to_owned(), value)
-            })
-            .collect();
-        self.state().requests.push(Recorded {
-            method: parts.method.as_str().to_owned(),
-            path: parts.uri.path().to_owned(),
-            headers,
-            body: body.to_vec(),
-            at: Instant::now(),
-        });
+        self.state().requests.push(Recorded::new(parts, &body));
     }
 
     /// A registration at a server that serves `capacity.concurrent` at a
@@ -314,7 +288,7 @@ impl Shared {
         if !self.authorized(parts) {
             return text(StatusCode::UNAUTHORIZED, "invalid token");
         }
-        if !is_json(parts) {
+        if !listen::is_json(&parts.headers) {
             return text(
                 StatusCode::BAD_REQUEST,
                 "Content-Type must be application/json",
@@ -401,15 +375,6 @@ impl Shared {
                 || decoded.is_some_and(|t| oauth.is_access_token(&t))
         })
     }
-}
-
-fn is_json(parts: &Parts) -> bool {
-    parts
-        .headers
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json"))
 }
 
 fn with_body(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Answer {

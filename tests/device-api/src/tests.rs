@@ -38,10 +38,7 @@ impl Answer {
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        crate::listen::find_header(&self.headers, name)
     }
 }
 
@@ -205,21 +202,9 @@ fn register(api: &DeviceApi, body: &Value) -> Answer {
 
 fn register_new_device(api: &DeviceApi) -> (KeyPair, Answer) {
     let key = KeyPair::generate().unwrap();
-    let uuid = fresh_uuid();
+    let uuid = crate::pki::random_uuid();
     let answer = register(api, &body(&uuid, &Csr::new(&uuid).pem(&key)));
     (key, answer)
-}
-
-fn fresh_uuid() -> String {
-    let hex = crate::pki::random_hex(16);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..]
-    )
 }
 
 fn certs(pem: &str) -> Vec<Vec<u8>> {
@@ -370,7 +355,7 @@ fn token_is_accepted_in_any_header_or_as_base64_bearer() {
         ("Authorization", bearer.as_str()),
     ] {
         let key = KeyPair::generate().unwrap();
-        let uuid = fresh_uuid();
+        let uuid = crate::pki::random_uuid();
         let answer = register_with(&api, &[header], &body(&uuid, &Csr::new(&uuid).pem(&key)));
         assert_eq!(answer.status, 201, "{header:?}: {}", answer.text());
     }
@@ -563,7 +548,7 @@ fn oauth_device_flow_issues_a_usable_token() {
     let b64 = base64::engine::general_purpose::STANDARD.encode(&token);
     for bearer in [format!("Bearer {token}"), format!("Bearer {b64}")] {
         let key = KeyPair::generate().unwrap();
-        let uuid = fresh_uuid();
+        let uuid = crate::pki::random_uuid();
         let answer = register_with(
             &api,
             &[("Authorization", bearer.as_str())],
@@ -848,7 +833,7 @@ fn sign_then_drop_creates_the_device_and_loses_the_answer() {
     });
     api.push_replies([Reply::SignThenDrop]);
     let key = KeyPair::generate().unwrap();
-    let uuid = fresh_uuid();
+    let uuid = crate::pki::random_uuid();
     let device = body(&uuid, &Csr::new(&uuid).pem(&key));
     let headers = [
         ("Content-Type", "application/json"),

@@ -151,10 +151,7 @@ pub struct Provision {
 
 impl Provision {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        crate::listen::find_header(&self.headers, name)
     }
 }
 

@@ -69,19 +69,9 @@ async fn handle(
         Ok(collected) => collected.to_bytes(),
         Err(_) => return Ok(refuse(413, "request body too large")),
     };
-    let headers: Vec<(String, String)> = parts
-        .headers
-        .iter()
-        .map(|(n, v)| {
-            (
-                n.as_str().to_owned(),
-                String::from_utf8_lossy(v.as_bytes()).into_owned(),
-            )
-        })
-        .collect();
     let mut provision = Provision {
         path: parts.uri.path().to_owned(),
-        headers,
+        headers: crate::listen::header_pairs(&parts.headers),
         body: body.to_vec(),
         outcome: Err(String::new()),
     };
