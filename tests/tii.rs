@@ -492,7 +492,7 @@ fn every_missing_setting_is_reported_at_once_and_nothing_is_created() {
     run.assert_says("[tii] cacert ca.pem: must be an absolute path");
     run.assert_says("2 configuration problems");
     assert!(!root.path().join(STATE_DIR).exists());
-    assert!(!Path::new("fleet").exists());
+    assert!(!std::path::Path::new("fleet").exists());
 }
 
 #[test]
