@@ -44,7 +44,7 @@ SRC_URI = "${LMP_DEVICE_REGISTER_RS_GIT};branch=${LMP_DEVICE_REGISTER_RS_BRANCH}
 # the Cargo.lock of the tree it was copied from, and the tree must read what
 # the recipe exports (DOCKER_COMPOSE_APP, the cargo features): a layer that
 # bumps SRCREV copies the recipe and the .inc from that same commit.
-SRCREV = "68f4f083ddda33c5ba8b5c42e68828dc1c513894"
+SRCREV = "ffa53f6e1bf36b0b3ff29e1338b219f1ff01d75c"
 # The git fetcher unpacks to ${UNPACKDIR}/${BB_GIT_DEFAULT_DESTSUFFIX} on
 # whinlatter and later (S = "${WORKDIR}/git" is an error on wrynose).
 S = "${UNPACKDIR}/${BB_GIT_DEFAULT_DESTSUFFIX}"
