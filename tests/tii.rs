@@ -431,67 +431,58 @@ fn an_rsa_key_in_the_token_signs_the_tls_handshake_and_survives_a_lost_result() 
 #[test]
 fn every_missing_setting_is_reported_at_once_and_nothing_is_created() {
     let root = tempfile::tempdir().unwrap();
-    write_file(
-        &root.path().join("etc/lmp-device-register.toml"),
-        "profile = \"tii\"\n[tii]\nkey_type = \"dsa\"\n",
-        0o644,
-    );
-    let run: Run = Command::new(env!("CARGO_BIN_EXE_lmp-device-register"))
-        .env_clear()
-        .arg("--root")
-        .arg(root.path())
-        .output()
-        .unwrap()
-        .into();
-    run.assert_code(2);
-    for missing in [
-        "missing provisioning_url",
-        "missing device_type",
-        "missing build_version",
-        "unknown key type \"dsa\"",
-        "4 configuration problems",
-    ] {
-        run.assert_says(missing);
+    const VALID: &str =
+        "provisioning_url = \"http://127.0.0.1:9\"\ndevice_type = \"x\"\nbuild_version = \"1\"\n";
+    // (the [tii] table, extra flags, what the refusal says)
+    let cases: [(String, &[&str], &[&str]); 3] = [
+        (
+            "key_type = \"dsa\"\n".into(),
+            &[],
+            &[
+                "missing provisioning_url",
+                "missing device_type",
+                "missing build_version",
+                "unknown key type \"dsa\"",
+                "4 configuration problems",
+            ],
+        ),
+        // An unknown key and an LmP flag.
+        (
+            format!("{VALID}nats_port = 4222\n"),
+            &["--factory", "acme"],
+            &["nats_port", "--factory belongs to the lmp profile"],
+        ),
+        // Relative paths would depend on the working directory.
+        (
+            format!("{VALID}state_dir = \"fleet\"\ncacert = \"ca.pem\"\n"),
+            &[],
+            &[
+                "[tii] state_dir fleet: must be an absolute path",
+                "[tii] cacert ca.pem: must be an absolute path",
+                "2 configuration problems",
+            ],
+        ),
+    ];
+    for (table, flags, expected) in cases {
+        write_file(
+            &root.path().join("etc/lmp-device-register.toml"),
+            &format!("profile = \"tii\"\n[tii]\n{table}"),
+            0o644,
+        );
+        let run: Run = Command::new(env!("CARGO_BIN_EXE_lmp-device-register"))
+            .env_clear()
+            .arg("--root")
+            .arg(root.path())
+            .args(flags)
+            .output()
+            .unwrap()
+            .into();
+        run.assert_code(2);
+        for text in expected {
+            run.assert_says(text);
+        }
+        assert!(!root.path().join(STATE_DIR).exists(), "{table}");
     }
-    assert!(!root.path().join(STATE_DIR).exists());
-
-    // An unknown key and an LmP flag are refused too.
-    write_file(
-        &root.path().join("etc/lmp-device-register.toml"),
-        "profile = \"tii\"\n[tii]\nprovisioning_url = \"http://127.0.0.1:9\"\ndevice_type = \"x\"\nbuild_version = \"1\"\nnats_port = 4222\n",
-        0o644,
-    );
-    let run: Run = Command::new(env!("CARGO_BIN_EXE_lmp-device-register"))
-        .env_clear()
-        .arg("--root")
-        .arg(root.path())
-        .args(["--factory", "acme"])
-        .output()
-        .unwrap()
-        .into();
-    run.assert_code(2);
-    run.assert_says("nats_port");
-    run.assert_says("--factory belongs to the lmp profile");
-    assert!(!root.path().join(STATE_DIR).exists());
-
-    // Relative paths would depend on the working directory.
-    write_file(
-        &root.path().join("etc/lmp-device-register.toml"),
-        "profile = \"tii\"\n[tii]\nprovisioning_url = \"http://127.0.0.1:9\"\ndevice_type = \"x\"\nbuild_version = \"1\"\nstate_dir = \"fleet\"\ncacert = \"ca.pem\"\n",
-        0o644,
-    );
-    let run: Run = Command::new(env!("CARGO_BIN_EXE_lmp-device-register"))
-        .env_clear()
-        .arg("--root")
-        .arg(root.path())
-        .output()
-        .unwrap()
-        .into();
-    run.assert_code(2);
-    run.assert_says("[tii] state_dir fleet: must be an absolute path");
-    run.assert_says("[tii] cacert ca.pem: must be an absolute path");
-    run.assert_says("2 configuration problems");
-    assert!(!root.path().join(STATE_DIR).exists());
     assert!(!std::path::Path::new("fleet").exists());
 }
 
