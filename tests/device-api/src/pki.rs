@@ -186,7 +186,7 @@ impl Pki {
     }
 }
 
-fn ca_params(cn: &str, ou: Option<&str>, path_len: Option<u8>) -> CertificateParams {
+pub(crate) fn ca_params(cn: &str, ou: Option<&str>, path_len: Option<u8>) -> CertificateParams {
     let mut params = CertificateParams::default();
     params.distinguished_name = name(cn, ou);
     params.is_ca = IsCa::Ca(match path_len {

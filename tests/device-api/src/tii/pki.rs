@@ -4,12 +4,12 @@
 //! chain must not verify.
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, CustomExtension, DistinguishedName,
-    DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, PublicKeyData, SanType,
+    CertificateParams, CertifiedIssuer, CustomExtension, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, KeyPair, KeyUsagePurpose, PublicKeyData, SanType,
 };
 use time::Duration;
 
-use crate::pki::{random_serial, set_validity};
+use crate::pki::{ca_params, random_serial, set_validity};
 
 type Issuer = CertifiedIssuer<'static, KeyPair>;
 
@@ -39,25 +39,6 @@ pub(crate) struct Issued {
     pub chain_pem: String,
 }
 
-fn ca_params(cn: &str, path_len: Option<u8>) -> CertificateParams {
-    let mut params = CertificateParams::default();
-    let mut name = DistinguishedName::new();
-    name.push(DnType::CommonName, cn);
-    params.distinguished_name = name;
-    params.is_ca = IsCa::Ca(match path_len {
-        Some(n) => BasicConstraints::Constrained(n),
-        None => BasicConstraints::Unconstrained,
-    });
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    set_validity(&mut params, Duration::days(1), Duration::days(3650));
-    params.serial_number = Some(random_serial());
-    params
-}
-
 fn client_params(cn: &str) -> CertificateParams {
     let mut params = CertificateParams::default();
     let mut name = DistinguishedName::new();
@@ -75,15 +56,19 @@ fn client_params(cn: &str) -> CertificateParams {
 
 impl FleetPki {
     pub(crate) fn new() -> anyhow::Result<FleetPki> {
-        let root =
-            Issuer::self_signed(ca_params("TII Test Fleet Root", None), KeyPair::generate()?)?;
+        let root = Issuer::self_signed(
+            ca_params("TII Test Fleet Root", None, None),
+            KeyPair::generate()?,
+        )?;
         let issuing = Issuer::signed_by(
-            ca_params("TII Test Device CA", Some(0)),
+            ca_params("TII Test Device CA", None, Some(0)),
             KeyPair::generate()?,
             &root,
         )?;
-        let foreign =
-            Issuer::self_signed(ca_params("Foreign Device CA", None), KeyPair::generate()?)?;
+        let foreign = Issuer::self_signed(
+            ca_params("Foreign Device CA", None, None),
+            KeyPair::generate()?,
+        )?;
 
         let server_key = KeyPair::generate()?;
         let mut params = CertificateParams::new(vec!["localhost".to_string()])?;
