@@ -40,6 +40,16 @@ fn opened_files(device: &Device, cmd: Command) -> (Run, Vec<String>) {
     (run, opened)
 }
 
+/// The system's default certificate locations were not opened either.
+fn assert_no_default_store(opened: &[String]) {
+    assert!(
+        !opened
+            .iter()
+            .any(|f| f.starts_with("/etc/ssl") || f.starts_with("/usr/lib/ssl")),
+        "{opened:?}"
+    );
+}
+
 /// A stand-in for the system store: the double's server CA among two
 /// unrelated ones, so that trusting "the system roots" works.
 fn system_store(dir: &Path, api: &DeviceApi) -> std::path::PathBuf {
@@ -72,12 +82,7 @@ fn plain_http_reads_no_certificate_store() {
     run.assert_code(0);
     let store = store.display().to_string();
     assert!(!opened.contains(&store), "{opened:?}");
-    assert!(
-        !opened
-            .iter()
-            .any(|f| f.starts_with("/etc/ssl") || f.starts_with("/usr/lib/ssl")),
-        "{opened:?}"
-    );
+    assert_no_default_store(&opened);
 }
 
 #[test]
@@ -99,12 +104,7 @@ fn https_with_cacert_reads_only_that_ca() {
     run.assert_code(0);
     assert!(opened.contains(&cacert.display().to_string()), "{opened:?}");
     assert!(!opened.contains(&store.display().to_string()), "{opened:?}");
-    assert!(
-        !opened
-            .iter()
-            .any(|f| f.starts_with("/etc/ssl") || f.starts_with("/usr/lib/ssl")),
-        "{opened:?}"
-    );
+    assert_no_default_store(&opened);
 }
 
 #[test]
