@@ -4,7 +4,7 @@
 
 use crate::config::CaBundle;
 use crate::error::{Error, ErrorKind};
-use crate::retry::Retryable;
+use crate::retry::{Again, Retryable};
 use crate::tls::ClientIdentity;
 use std::fmt;
 use std::time::{Duration, SystemTime};
@@ -61,13 +61,14 @@ impl fmt::Display for HttpError {
 }
 
 impl Retryable for HttpError {
-    fn retry_hint(&self) -> Option<Option<Duration>> {
+    fn retry_hint(&self) -> Option<Again> {
         match self {
-            HttpError::Connect(_) | HttpError::Transport(_) => Some(None),
+            HttpError::Connect(_) => Some(Again::Unreachable),
+            HttpError::Transport(_) => Some(Again::Backoff(None)),
             HttpError::Status {
                 code, retry_after, ..
             } => match code {
-                408 | 429 | 500..=599 => Some(*retry_after),
+                408 | 429 | 500..=599 => Some(Again::Backoff(*retry_after)),
                 _ => None,
             },
             HttpError::Tls(_) | HttpError::Body(_) => None,

@@ -131,11 +131,10 @@ fn enabled_at_factory() -> DpsOptions {
     }
 }
 
-/// DPS decides at the first poll. Every wait for a decision is the
-/// `Retry-After` floor plus the agent's growing jitter (up to 12 s with
-/// `--boot`): the tests about something other than polling skip the polls
-/// that only add such waits. Polling and its floors have tests of their
-/// own.
+/// DPS decides at the first poll. Every wait for a decision is DPS's
+/// `Retry-After` (1 s here): the tests about something other than polling
+/// skip the polls that only add such waits. Polling and its pace have tests
+/// of their own.
 fn decided_at_once(options: DpsOptions) -> DpsOptions {
     DpsOptions {
         polls_before_assigned: 0,
@@ -385,8 +384,8 @@ fn a_boot_run_gives_up_on_a_disabled_enrollment_at_its_deadline_with_exit_5() {
     let dps = start(decided_at_once(DpsOptions::default()));
     let device = Device::new(&dps);
     let started = Instant::now();
-    // Retry-After (1 s) is a floor with up to 4 s of jitter on top: the
-    // first poll, which finds the enrollment disabled, comes within 5 s.
+    // The first poll, which finds the enrollment disabled, comes when the
+    // "assigning" answer to the register said (Retry-After: 1).
     let run = device.run(&["--boot", "--retry-deadline", "8"]);
     run.assert_code(5)
         .assert_says("was still disabled in DPS after")
@@ -440,6 +439,37 @@ fn retry_after_is_a_floor_for_429_5xx_and_assigning() {
         );
     }
     assert_eq!(dps.assignments().len(), 1);
+}
+
+/// "Assigning" is progress, not load shedding: the polls come when DPS
+/// said (at most +5 % jitter, plus the round trip), and the wait does not
+/// grow from one poll to the next.
+#[test]
+fn assigning_is_polled_at_the_pace_dps_sets() {
+    let dps = start(DpsOptions {
+        polls_before_assigned: 2,
+        ..enabled_at_factory()
+    });
+    let device = Device::new(&dps);
+    device.run(&["--boot"]).assert_code(0);
+    assert_eq!(
+        dps_outcomes(&dps),
+        [
+            "PUT 202 assigning",
+            "GET 202 assigning",
+            "GET 202 assigning",
+            "GET 200 assigned"
+        ]
+    );
+    let times: Vec<Instant> = dps.dps_requests().iter().map(|r| r.at).collect();
+    let gaps: Vec<Duration> = times.windows(2).map(|w| w[1] - w[0]).collect();
+    println!("polls after Retry-After: 1 came {gaps:?} apart");
+    for gap in &gaps {
+        assert!(
+            (Duration::from_millis(1000)..=Duration::from_millis(1100)).contains(gap),
+            "{gaps:?}"
+        );
+    }
 }
 
 #[test]

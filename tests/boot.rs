@@ -35,7 +35,7 @@ fn announced_delays(stderr: &str) -> Vec<Duration> {
 
 /// Retry-After is a floor, not a schedule: the agent never comes back
 /// before the server said, and adds jitter on top that grows with every
-/// refusal (first up to 4 s, then 8 s, at most 12 s in boot mode), so that
+/// refusal (first up to 10 s, then at most 12 s in boot mode), so that
 /// a refused production line does not come back in the same second. (Until
 /// that was deliberately changed, the agent waited exactly "1.0s".)
 #[test]
@@ -55,7 +55,10 @@ fn honours_retry_after_on_503_and_429() {
     assert_eq!(times.len(), 4);
     assert_eq!(delays.len(), 3, "{}", run.stderr);
     let second = Duration::from_secs(1);
-    assert!(delays[0] >= second && delays[0] <= second * 5, "{delays:?}");
+    assert!(
+        delays[0] >= second && delays[0] <= second * 11,
+        "{delays:?}"
+    );
     assert!(
         delays[2] >= second && delays[2] <= second * 13,
         "{delays:?}"

@@ -93,6 +93,55 @@ impl Net {
         ]);
     }
 
+    /// Configures the device's end as systemd-networkd does in a booted
+    /// image, for tests that run the agent in the device's namespace
+    /// without booting: `DEVICE_ADDR/24` on the link, the link up, and
+    /// routes over a link without carrier ignored (networkd keeps a link
+    /// without carrier unconfigured, so that the API is unreachable at once
+    /// instead of after an ARP timeout).
+    pub fn configure_device_end(&self) {
+        let dev = &self.device_ns;
+        ip(&[
+            "-n",
+            dev,
+            "addr",
+            "add",
+            &format!("{DEVICE_ADDR}/24"),
+            "dev",
+            DEVICE_LINK,
+        ]);
+        ip(&["-n", dev, "link", "set", DEVICE_LINK, "up"]);
+        run_ok(
+            Duration::from_secs(30),
+            "ip",
+            &[
+                "netns",
+                "exec",
+                dev,
+                "sh",
+                "-c",
+                "echo 1 > /proc/sys/net/ipv4/conf/all/ignore_routes_with_linkdown",
+            ],
+        );
+    }
+
+    /// Runs `f` on a thread in the device's namespace: a process it starts
+    /// is on the device's side of the cable.
+    pub fn in_device_ns<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        let path = self.device_ns_path();
+        std::thread::scope(|scope| {
+            scope
+                .spawn(move || {
+                    let ns = std::fs::File::open(&path).expect("the device namespace");
+                    nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET)
+                        .expect("entering the device namespace");
+                    f()
+                })
+                .join()
+                .expect("the thread in the device namespace")
+        })
+    }
+
     pub fn device_ns_path(&self) -> PathBuf {
         PathBuf::from("/run/netns").join(&self.device_ns)
     }

@@ -10,7 +10,7 @@
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::http::{self, HttpError};
-use crate::retry::{retry, RetryPolicy, Retryable};
+use crate::retry::{retry, Again, RetryPolicy, Retryable};
 use serde::{Deserialize, Serialize};
 use std::cell::{Cell, RefCell};
 use std::time::{Duration, Instant};
@@ -114,10 +114,13 @@ impl std::fmt::Display for Pending {
 }
 
 impl Retryable for Pending {
-    fn retry_hint(&self) -> Option<Option<Duration>> {
+    fn retry_hint(&self) -> Option<Again> {
         match self {
-            Pending::Assigning { retry_after } => Some(*retry_after),
-            Pending::UnknownOperation | Pending::Disabled { wait: true } => Some(None),
+            // Progress: DPS sets the pace of the polls.
+            Pending::Assigning { retry_after } => Some(Again::NotYet(*retry_after)),
+            Pending::UnknownOperation | Pending::Disabled { wait: true } => {
+                Some(Again::Backoff(None))
+            }
             _ => None,
         }
     }
@@ -189,14 +192,6 @@ fn parse(response: &http::Response) -> std::result::Result<OperationStatus, Pend
         .map_err(|e| Pending::Bad(format!("DPS answered {} with {e}", response.status)))
 }
 
-/// The shared policy, bounded by what is left of the registration's deadline.
-fn within(policy: &RetryPolicy, started: Instant) -> RetryPolicy {
-    RetryPolicy {
-        deadline: policy.deadline.saturating_sub(started.elapsed()),
-        ..policy.clone()
-    }
-}
-
 /// Registers the device and waits for DPS's decision. `boot`: a disabled
 /// enrollment is waited for until the deadline instead of being final.
 pub(crate) async fn register(
@@ -206,98 +201,146 @@ pub(crate) async fn register(
     boot: bool,
 ) -> Result<Assignment> {
     let id = registration.registration_id;
-    let register_url = url(registration, &["register"])?;
-    let request = RegisterRequest {
-        registration_id: id,
-        payload: registration.payload,
+    let asking = Asking {
+        client,
+        registration,
+        policy,
+        boot,
+        register_url: url(registration, &["register"])?,
+        started: Instant::now(),
+        operation: RefCell::new(None),
+        disabled: Cell::new(false),
     };
-    let started = Instant::now();
     // Waiting for a decision is not failing: only the deadline ends it.
     let waiting = RetryPolicy {
         max_attempts: u32::MAX,
         ..policy.clone()
     };
-    let operation: RefCell<Option<String>> = RefCell::new(None);
-    let disabled = Cell::new(false);
     let decided = retry(&waiting, &format!("registering {id} with DPS"), |_| {
-        let polled = operation.borrow_mut().take();
-        let (register_url, request, operation, disabled) =
-            (&register_url, &request, &operation, &disabled);
-        async move {
-            let (response, polled) = match polled {
-                None => {
-                    let response = retry(&within(policy, started), "DPS register", |_| {
-                        send(client.reqwest().put(register_url.clone()).json(request))
-                    })
-                    .await?;
-                    (response, None)
-                }
-                Some(operation_id) => {
-                    let poll_url = url(registration, &["operations", &operation_id])
-                        .map_err(|e| Pending::Bad(e.to_string()))?;
-                    let polled = retry(&within(policy, started), "DPS operation status", |_| {
-                        send(client.reqwest().get(poll_url.clone()))
-                    })
-                    .await;
-                    match polled {
-                        Ok(response) => (response, Some(operation_id)),
-                        Err(e) if e.status() == Some(404) => {
-                            tracing::info!(
-                                "DPS does not know operation {operation_id} ({e}); registering again"
-                            );
-                            return Err(Pending::UnknownOperation);
-                        }
-                        Err(e) => return Err(e.into()),
-                    }
-                }
-            };
-            let answer = parse(&response)?;
-            let state = answer.registration_state.unwrap_or_default();
-            match answer.status.as_str() {
-                "assigned" => Ok(state),
-                "assigning" | "unassigned" => {
-                    let operation_id = answer.operation_id.or(polled).ok_or_else(|| {
-                        Pending::Bad("DPS is assigning the device but named no operationId".into())
-                    })?;
-                    if operation_id.is_empty() || operation_id.len() > 200 {
-                        return Err(Pending::Bad("DPS named an unusable operationId".into()));
-                    }
-                    *operation.borrow_mut() = Some(operation_id);
-                    Err(Pending::Assigning {
-                        retry_after: response.retry_after,
-                    })
-                }
-                "disabled" => {
-                    disabled.set(true);
-                    Err(Pending::Disabled { wait: boot })
-                }
-                "failed" => Err(Pending::Failed {
-                    code: state.error_code,
-                    // DPS's words go to the log: cleaned and bounded.
-                    message: state
-                        .error_message
-                        .map(|m| http::server_message(m.as_bytes())),
-                }),
-                other => Err(Pending::Bad(format!(
-                    "DPS answered the unknown status {:?}",
-                    other.chars().take(40).collect::<String>()
-                ))),
-            }
-        }
+        asking.ask()
     })
     .await;
     let state = decided.map_err(|pending| {
         // Out of time while asking again: what stands in the way is the
         // enrollment DPS last said was disabled.
         let pending = match pending {
-            Pending::Assigning { .. } | Pending::UnknownOperation if disabled.get() => {
+            Pending::Assigning { .. } | Pending::UnknownOperation if asking.disabled.get() => {
                 Pending::Disabled { wait: true }
             }
             other => other,
         };
-        final_error(pending, registration, started)
+        final_error(pending, registration, asking.started)
     })?;
     assignment(state, id)
+}
+
+/// One registration with DPS in progress: the operation to poll, if any,
+/// and whether DPS said the enrollment is disabled.
+struct Asking<'a> {
+    client: &'a http::Client,
+    registration: &'a Registration<'a>,
+    policy: &'a RetryPolicy,
+    boot: bool,
+    register_url: reqwest::Url,
+    started: Instant,
+    operation: RefCell<Option<String>>,
+    disabled: Cell<bool>,
+}
+
+impl Asking<'_> {
+    /// One question: register, or poll the operation DPS named; then what
+    /// the answer means.
+    async fn ask(&self) -> std::result::Result<RegistrationState, Pending> {
+        let polled = self.operation.borrow_mut().take();
+        let response = match &polled {
+            None => self.put().await?,
+            Some(operation_id) => self.poll(operation_id).await?,
+        };
+        self.interpret(&response, polled)
+    }
+
+    /// The shared policy, bounded by what is left of the registration's
+    /// deadline: each request retries its own transient failures.
+    fn request_policy(&self) -> RetryPolicy {
+        RetryPolicy {
+            deadline: self.policy.deadline.saturating_sub(self.started.elapsed()),
+            ..self.policy.clone()
+        }
+    }
+
+    async fn put(&self) -> std::result::Result<http::Response, Pending> {
+        let request = RegisterRequest {
+            registration_id: self.registration.registration_id,
+            payload: self.registration.payload,
+        };
+        let put = || {
+            self.client
+                .reqwest()
+                .put(self.register_url.clone())
+                .json(&request)
+        };
+        Ok(retry(&self.request_policy(), "DPS register", |_| send(put())).await?)
+    }
+
+    async fn poll(&self, operation_id: &str) -> std::result::Result<http::Response, Pending> {
+        let poll_url = url(self.registration, &["operations", operation_id])
+            .map_err(|e| Pending::Bad(e.to_string()))?;
+        let polled = retry(&self.request_policy(), "DPS operation status", |_| {
+            send(self.client.reqwest().get(poll_url.clone()))
+        })
+        .await;
+        polled.map_err(|e| {
+            if e.status() == Some(404) {
+                tracing::info!(
+                    "DPS does not know operation {operation_id} ({e}); registering again"
+                );
+                Pending::UnknownOperation
+            } else {
+                e.into()
+            }
+        })
+    }
+
+    /// What DPS's answer means; `polled`: the operation the question was
+    /// about (none for a register).
+    fn interpret(
+        &self,
+        response: &http::Response,
+        polled: Option<String>,
+    ) -> std::result::Result<RegistrationState, Pending> {
+        let answer = parse(response)?;
+        let state = answer.registration_state.unwrap_or_default();
+        match answer.status.as_str() {
+            "assigned" => Ok(state),
+            "assigning" | "unassigned" => {
+                let operation_id = answer.operation_id.or(polled).ok_or_else(|| {
+                    Pending::Bad("DPS is assigning the device but named no operationId".into())
+                })?;
+                if operation_id.is_empty() || operation_id.len() > 200 {
+                    return Err(Pending::Bad("DPS named an unusable operationId".into()));
+                }
+                *self.operation.borrow_mut() = Some(operation_id);
+                Err(Pending::Assigning {
+                    retry_after: response.retry_after,
+                })
+            }
+            "disabled" => {
+                self.disabled.set(true);
+                Err(Pending::Disabled { wait: self.boot })
+            }
+            "failed" => Err(Pending::Failed {
+                code: state.error_code,
+                // DPS's words go to the log: cleaned and bounded.
+                message: state
+                    .error_message
+                    .map(|m| http::server_message(m.as_bytes())),
+            }),
+            other => Err(Pending::Bad(format!(
+                "DPS answered the unknown status {:?}",
+                other.chars().take(40).collect::<String>()
+            ))),
+        }
+    }
 }
 
 fn final_error(pending: Pending, registration: &Registration<'_>, started: Instant) -> Error {
@@ -443,10 +486,16 @@ mod tests {
                 retry_after: Some(Duration::from_secs(3))
             }
             .retry_hint(),
-            Some(Some(Duration::from_secs(3)))
+            Some(Again::NotYet(Some(Duration::from_secs(3))))
         );
-        assert_eq!(Pending::UnknownOperation.retry_hint(), Some(None));
-        assert_eq!(Pending::Disabled { wait: true }.retry_hint(), Some(None));
+        assert_eq!(
+            Pending::UnknownOperation.retry_hint(),
+            Some(Again::Backoff(None))
+        );
+        assert_eq!(
+            Pending::Disabled { wait: true }.retry_hint(),
+            Some(Again::Backoff(None))
+        );
         assert_eq!(Pending::Disabled { wait: false }.retry_hint(), None);
         assert_eq!(
             Pending::Failed {

@@ -4,7 +4,7 @@
 //! registration to `device_actions.<id>.register` and wait for the result.
 
 use super::config::NatsUrl;
-use crate::retry::Retryable;
+use crate::retry::{Again, Retryable};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -102,9 +102,10 @@ impl fmt::Display for NatsError {
 }
 
 impl Retryable for NatsError {
-    fn retry_hint(&self) -> Option<Option<Duration>> {
+    fn retry_hint(&self) -> Option<Again> {
         match self {
-            NatsError::Connect(_) | NatsError::Transport(_) | NatsError::NoResult(_) => Some(None),
+            NatsError::Connect(_) => Some(Again::Unreachable),
+            NatsError::Transport(_) | NatsError::NoResult(_) => Some(Again::Backoff(None)),
             NatsError::AfterUnknown(last) => last.retry_hint(),
             _ => None,
         }
