@@ -8,6 +8,7 @@ use common::*;
 use device_api::{DeviceApi, Options};
 use lmp_device_register::error::ErrorKind;
 use lmp_device_register::profiles::lmp::oauth::device_flow;
+use std::time::Duration;
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -34,13 +35,22 @@ fn the_device_flow_waits_for_approval_and_returns_the_token() {
     assert_eq!(shown.len(), 1);
     assert!(shown[0].contains("ABCD-1234"), "{shown:?}");
     assert!(shown[0].contains("/oauth/verify"), "{shown:?}");
-    // Two "authorization_pending" answers, then the token.
-    let polls = api
+    // Two "authorization_pending" answers, then the token: polled at the
+    // server's `interval` (1 s), give or take 5 % and the round trip.
+    let polls: Vec<std::time::Instant> = api
         .requests()
         .into_iter()
         .filter(|r| r.path == "/oauth/token/")
-        .count();
-    assert_eq!(polls, 3);
+        .map(|r| r.at)
+        .collect();
+    assert_eq!(polls.len(), 3);
+    for pair in polls.windows(2) {
+        let gap = pair[1] - pair[0];
+        assert!(
+            (Duration::from_millis(1000)..=Duration::from_millis(1100)).contains(&gap),
+            "{gap:?}"
+        );
+    }
 }
 
 #[test]
