@@ -130,6 +130,14 @@ pub fn wait_for<T>(limit: Duration, what: &str, mut probe: impl FnMut() -> Optio
     }
 }
 
+/// CLOCK_MONOTONIC in microseconds: the clock of the journal's
+/// `__MONOTONIC_TIMESTAMP`, the same inside the containers as here.
+pub fn monotonic_us() -> u64 {
+    let now =
+        nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("CLOCK_MONOTONIC");
+    now.tv_sec() as u64 * 1_000_000 + now.tv_nsec() as u64 / 1000
+}
+
 /// Whether process `pid` is alive.
 pub fn alive(pid: i32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()

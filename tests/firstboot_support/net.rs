@@ -12,6 +12,10 @@ use std::time::Duration;
 pub const API_ADDR: Ipv4Addr = Ipv4Addr::new(10, 241, 0, 1);
 pub const DEVICE_ADDR: Ipv4Addr = Ipv4Addr::new(10, 241, 0, 2);
 pub const API_PORT: u16 = 8080;
+/// The API beyond a router: an address of the API's namespace in another
+/// subnet, which the device reaches only once it has a route through
+/// `API_ADDR` ([`Net::route_to_the_far_api`]).
+pub const FAR_API_ADDR: Ipv4Addr = Ipv4Addr::new(10, 241, 1, 1);
 /// The API's end of the veth pair (in the API namespace).
 const API_LINK: &str = "vapi";
 /// The device's end (in the device namespace), as nspawn would name it.
@@ -146,13 +150,47 @@ impl Net {
         PathBuf::from("/run/netns").join(&self.device_ns)
     }
 
-    /// The double at `API_ADDR:API_PORT` inside the API namespace: a thread
+    /// The double at `API_ADDR:API_PORT` inside the API namespace.
+    pub fn start_api(&self, options: Options) -> DeviceApi {
+        self.start_api_at(API_ADDR, options)
+    }
+
+    /// The double at `FAR_API_ADDR:API_PORT`, which the device cannot reach
+    /// until [`Net::route_to_the_far_api`].
+    pub fn start_far_api(&self, options: Options) -> DeviceApi {
+        ip(&[
+            "-n",
+            &self.api_ns,
+            "addr",
+            "add",
+            &format!("{FAR_API_ADDR}/32"),
+            "dev",
+            "lo",
+        ]);
+        self.start_api_at(FAR_API_ADDR, options)
+    }
+
+    /// Gives the device its route to `FAR_API_ADDR`, through the API's end
+    /// of the cable, as a router's advertisement or a DHCP lease would.
+    pub fn route_to_the_far_api(&self) {
+        ip(&[
+            "-n",
+            &self.device_ns,
+            "route",
+            "add",
+            &format!("{FAR_API_ADDR}/32"),
+            "via",
+            &API_ADDR.to_string(),
+        ]);
+    }
+
+    /// The double at `addr:API_PORT` inside the API namespace: a thread
     /// enters the namespace and starts it there, so its socket (and with
     /// it every connection) belongs to that namespace.
-    pub fn start_api(&self, options: Options) -> DeviceApi {
+    fn start_api_at(&self, addr: Ipv4Addr, options: Options) -> DeviceApi {
         let path = PathBuf::from("/run/netns").join(&self.api_ns);
         let options = Options {
-            listen: SocketAddr::from((API_ADDR, API_PORT)),
+            listen: SocketAddr::from((addr, API_PORT)),
             ..options
         };
         std::thread::spawn(move || {
@@ -168,6 +206,11 @@ impl Net {
     /// `http://10.241.0.1:8080/ota/devices/`
     pub fn device_api_url() -> String {
         format!("http://{API_ADDR}:{API_PORT}/ota/devices/")
+    }
+
+    /// `http://10.241.1.1:8080/ota/devices/`
+    pub fn far_device_api_url() -> String {
+        format!("http://{FAR_API_ADDR}:{API_PORT}/ota/devices/")
     }
 }
 
