@@ -39,7 +39,7 @@ impl Outcome {
     fn new(status: &str, profile: &Profile) -> Outcome {
         let mut fields = Map::new();
         fields.insert("status".into(), status.into());
-        fields.insert("profile".into(), profile.name().as_str().into());
+        fields.insert("profile".into(), profile.name().into());
         Outcome(fields)
     }
 

@@ -10,8 +10,8 @@ pub(crate) mod hooks;
 pub mod oauth;
 pub(crate) mod p11;
 
-use super::{report_fields, Answer, Answers, Backend, Enrolment, StepOutcome, StoredFile};
-use crate::config::{Common, Resolver};
+use super::{report_fields, Answer, Answers, Backend, Enrolment, FromSettings, StepOutcome, StoredFile};
+use crate::config::{Common, Declarations, Resolver};
 use crate::csr::{build_csr_pem, CsrSubject};
 use crate::error::{Error, ErrorKind, Result};
 use crate::http::{self, HttpError};
@@ -46,10 +46,6 @@ pub(crate) struct Lmp {
 }
 
 impl Lmp {
-    pub fn resolve(r: &mut Resolver<'_>) -> Option<Lmp> {
-        config::resolve(r).map(|settings| Lmp { settings })
-    }
-
     /// The device's UUID as its certificate says (fioconfig may have moved
     /// the certificate when it rotated it: `import.tls_clientcert_path`).
     fn registered_uuid(&self) -> Option<String> {
@@ -174,6 +170,15 @@ impl Lmp {
             summary: format!("registered device {uuid} ({name})"),
             report: report_fields(report),
         })
+    }
+}
+
+impl FromSettings for Lmp {
+    const ABOUT: &'static str = "Linux microPlatform: the factory registration API, then fioconfig";
+    const SETTINGS: Declarations = config::SETTINGS;
+
+    fn resolve(r: &mut Resolver<'_>) -> Option<Lmp> {
+        config::resolve(r).map(|settings| Lmp { settings })
     }
 }
 

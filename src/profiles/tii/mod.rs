@@ -7,8 +7,8 @@ pub(crate) mod config;
 pub(crate) mod nats;
 pub(crate) mod provision;
 
-use super::{report_fields, Answer, Answers, Backend, Enrolment, StepOutcome, StoredFile};
-use crate::config::{CaBundle, Common, Resolver};
+use super::{report_fields, Answer, Answers, Backend, Enrolment, FromSettings, StepOutcome, StoredFile};
+use crate::config::{CaBundle, Common, Declarations, Resolver};
 use crate::csr::{build_csr_pem, CsrSubject};
 use crate::error::{Error, ErrorKind, Result};
 use crate::http;
@@ -48,10 +48,6 @@ pub(crate) struct Tii {
 }
 
 impl Tii {
-    pub fn resolve(r: &mut Resolver<'_>) -> Option<Tii> {
-        config::resolve(r).map(|settings| Tii { settings })
-    }
-
     /// The device id, as the stored certificate names it.
     fn registered_id(&self) -> Option<String> {
         let pem =
@@ -250,6 +246,15 @@ impl Tii {
                 "state_dir": s.state_dir.display().to_string(),
             })),
         })
+    }
+}
+
+impl FromSettings for Tii {
+    const ABOUT: &'static str = "TII fleet management: a provisioning server signs the CSR, then NATS registration over mutual TLS";
+    const SETTINGS: Declarations = config::SETTINGS;
+
+    fn resolve(r: &mut Resolver<'_>) -> Option<Tii> {
+        config::resolve(r).map(|settings| Tii { settings })
     }
 }
 
