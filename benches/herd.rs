@@ -15,6 +15,7 @@ mod common;
 
 use common::device_root;
 use device_api::{Capacity, DeviceApi, Options};
+use lmp_device_register::retry_model;
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -71,6 +72,12 @@ impl Scenario {
             .collect()
     }
 
+    /// Whether this is the server of the line model: 4 at a time, 0.2 s
+    /// each, `Retry-After: 2`.
+    fn is_factory_line(&self) -> bool {
+        self.capacity == 4 && self.service == Duration::from_millis(200) && self.retry_after == 2
+    }
+
     /// The time the server needs anyway: every registration takes its
     /// service time, `capacity` at once.
     fn ideal(&self) -> Duration {
@@ -89,13 +96,21 @@ struct Figures {
 }
 
 fn main() {
-    let lines: Vec<Figures> = Scenario::from_args().iter().map(run).collect();
+    let scenarios = Scenario::from_args();
+    let lines: Vec<Figures> = scenarios.iter().map(run).collect();
     println!();
-    println!("| devices | registered | requests per device (target 3) | wall / server-bound ideal (target 1.5x) | identities per device |");
-    println!("|---|---|---|---|---|");
-    for line in &lines {
+    println!("| devices | registered | requests per device (target 3) | wall / server-bound ideal (target 1.5x) | model: requests per device, ratio | identities per device |");
+    println!("|---|---|---|---|---|---|");
+    for (scenario, line) in scenarios.iter().zip(&lines) {
+        // The model plays the factory-line server only.
+        let model = if scenario.is_factory_line() {
+            let (per_device, ratio) = retry_model::boot_line(line.devices);
+            format!("{per_device:.2}, {ratio:.2}x")
+        } else {
+            "(other server)".to_string()
+        };
         println!(
-            "| {} | {}/{} | {:.2} | {:.1} s / {:.1} s: {:.2}x | {} |",
+            "| {} | {}/{} | {:.2} | {:.1} s / {:.1} s: {:.2}x | {model} | {} |",
             line.devices,
             line.registered,
             line.devices,

@@ -347,8 +347,8 @@ impl std::fmt::Display for Unstored {
 impl Retryable for Unstored {
     /// Worth another attempt while the answer is only in memory; once it is
     /// recorded, the next run finishes it.
-    fn retry_hint(&self) -> Option<Option<std::time::Duration>> {
-        (self.kept == AnswerKept::IdentityOnly).then_some(None)
+    fn retry_hint(&self) -> Option<crate::retry::Again> {
+        (self.kept == AnswerKept::IdentityOnly).then_some(crate::retry::Again::Backoff(None))
     }
 }
 

@@ -34,9 +34,9 @@ fn announced_delays(stderr: &str) -> Vec<Duration> {
 }
 
 /// Retry-After is a floor, not a schedule: the agent never comes back
-/// before the server said, and adds jitter on top that grows with every
-/// refusal (first up to 10 s, then at most 12 s in boot mode), so that
-/// a refused production line does not come back in the same second. (Until
+/// before the server said, and adds jitter on top (in boot mode up to 20 s
+/// after the first refusal, 8 s after the second, 4 s after later ones), so
+/// that a refused production line does not come back in the same second. (Until
 /// that was deliberately changed, the agent waited exactly "1.0s".)
 #[test]
 fn honours_retry_after_on_503_and_429() {
@@ -56,13 +56,10 @@ fn honours_retry_after_on_503_and_429() {
     assert_eq!(delays.len(), 3, "{}", run.stderr);
     let second = Duration::from_secs(1);
     assert!(
-        delays[0] >= second && delays[0] <= second * 11,
+        delays[0] >= second && delays[0] <= second * 21,
         "{delays:?}"
     );
-    assert!(
-        delays[2] >= second && delays[2] <= second * 13,
-        "{delays:?}"
-    );
+    assert!(delays[2] >= second && delays[2] <= second * 5, "{delays:?}");
     for (i, delay) in delays.iter().enumerate() {
         let waited = times[i + 1] - times[i];
         assert!(
