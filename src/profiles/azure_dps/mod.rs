@@ -39,6 +39,7 @@ pub(crate) const TOKEN_LAYOUT: TokenLayout = TokenLayout {
     key_id: "01",
     cert_label: "device",
     cert_id: "02",
+    derive_needed_by: None,
 };
 
 pub(crate) const KEY_FILE: &str = "device.key";

@@ -33,6 +33,8 @@ pub(crate) const TOKEN_LAYOUT: TokenLayout = TokenLayout {
     key_id: "01",
     cert_label: "client",
     cert_id: "03",
+    // fioconfig decrypts the device configuration with ECDH through the token.
+    derive_needed_by: Some("fioconfig"),
 };
 
 pub(crate) const PRIVATE_KEY: &str = "pkey.pem";

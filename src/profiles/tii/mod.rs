@@ -30,6 +30,7 @@ pub const TOKEN_LAYOUT: TokenLayout = TokenLayout {
     key_id: "01",
     cert_label: "device",
     cert_id: "03",
+    derive_needed_by: None,
 };
 
 pub const PRIVATE_KEY: &str = "device.key";
