@@ -68,19 +68,8 @@ fn man_extra_sections() -> String {
             ErrorKind::Interrupted => "SIGINT or SIGTERM stopped the run cleanly",
         }
     }
-    let kinds = [
-        ErrorKind::Internal,
-        ErrorKind::Config,
-        ErrorKind::AlreadyRegistered,
-        ErrorKind::Rejected,
-        ErrorKind::Unavailable,
-        ErrorKind::BadResponse,
-        ErrorKind::Hsm,
-        ErrorKind::Busy,
-        ErrorKind::Interrupted,
-    ];
     let mut roff = String::from(".SH \"EXIT STATUS\"\n.TP\n0\nthe device is registered\n");
-    for kind in kinds {
+    for kind in ErrorKind::ALL {
         roff.push_str(&format!(
             ".TP\n{}\n{} ({})\n",
             kind.exit_code(),
