@@ -197,6 +197,46 @@ macro_rules! dispatch {
     };
 }
 
+/// Where a profile keeps its state, resolved without its other settings,
+/// so that `--status` can read every profile's state on any device.
+pub(crate) struct StateLocation {
+    pub dir: std::path::PathBuf,
+    /// Files whose presence means "registered" ([`Backend::markers`]).
+    pub markers: Vec<String>,
+}
+
+impl StateLocation {
+    /// The state dir of profile `name`; `None` when its configured location
+    /// is unusable (the registration would say why).
+    pub fn of(r: &mut Resolver<'_>, name: ProfileName) -> Option<StateLocation> {
+        let markers = |names: &[&str]| names.iter().map(|n| n.to_string()).collect();
+        Some(match name {
+            ProfileName::Lmp => StateLocation {
+                dir: lmp::config::locate(r),
+                markers: markers(lmp::REGISTERED_MARKERS),
+            },
+            #[cfg(feature = "losant")]
+            ProfileName::Losant => {
+                let (dir, credentials) = losant::config::locate(r)?;
+                StateLocation {
+                    dir,
+                    markers: vec![credentials],
+                }
+            }
+            #[cfg(feature = "tii")]
+            ProfileName::Tii => StateLocation {
+                dir: tii::config::locate(r),
+                markers: markers(tii::REGISTERED_MARKERS),
+            },
+            #[cfg(feature = "azure-dps")]
+            ProfileName::AzureDps => StateLocation {
+                dir: azure_dps::config::locate(r),
+                markers: markers(&[azure_dps::ASSIGNMENT_FILE]),
+            },
+        })
+    }
+}
+
 impl Profile {
     /// The settings of profile `name`, through the shared resolver.
     pub fn resolve(r: &mut Resolver<'_>, name: ProfileName) -> Option<Profile> {

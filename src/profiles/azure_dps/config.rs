@@ -83,6 +83,19 @@ fn is_api_version(version: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
 }
 
+fn state_dir(r: &Resolver<'_>, configured: Option<PathBuf>) -> PathBuf {
+    configured.unwrap_or_else(|| r.path(DEFAULT_STATE_DIR))
+}
+
+/// The state dir alone, for `--status`, which needs no other setting.
+pub(crate) fn locate(r: &mut Resolver<'_>) -> PathBuf {
+    let table: Table = r.section(TABLE);
+    let configured = r
+        .configured_path(TABLE, "state_dir", table.state_dir)
+        .unwrap_or_default();
+    state_dir(r, configured)
+}
+
 pub(crate) fn resolve(r: &mut Resolver<'_>) -> Option<AzureDpsSettings> {
     let mut table: Table = r.section(TABLE);
     let key = |r: &Resolver<'_>, name: &str| r.file_key(TABLE, name);
@@ -184,10 +197,7 @@ pub(crate) fn resolve(r: &mut Resolver<'_>) -> Option<AzureDpsSettings> {
         r.ca_bundle(path, &what)
     });
     let cacert = r.cacert(TABLE, table.cacert.as_ref());
-    let state_dir = table
-        .state_dir
-        .clone()
-        .unwrap_or_else(|| r.path(DEFAULT_STATE_DIR));
+    let state_dir = state_dir(r, table.state_dir.clone());
 
     Some(AzureDpsSettings {
         state_dir,

@@ -178,6 +178,23 @@ fn url(r: &mut Resolver<'_>, what: &str, value: &str) -> Option<reqwest::Url> {
     parse_url(what, value).map_err(|e| r.problem(e)).ok()
 }
 
+/// `-d`, else `sota_dir` of the `[lmp]` table, else `/var/sota`.
+fn sota_dir(r: &Resolver<'_>, configured: Option<&PathBuf>) -> PathBuf {
+    match (&r.cli.sota_dir, configured) {
+        (Some(dir), _) | (None, Some(dir)) => dir.clone(),
+        (None, None) => r.path(paths::SOTA_DIR),
+    }
+}
+
+/// The sota dir alone, for `--status`, which needs no other setting.
+pub fn locate(r: &mut Resolver<'_>) -> PathBuf {
+    let table: Table = r.section("lmp");
+    let configured = r
+        .configured_path("lmp", "sota_dir", table.sota_dir)
+        .unwrap_or_default();
+    sota_dir(r, configured.as_ref())
+}
+
 pub fn resolve(r: &mut Resolver<'_>) -> Option<LmpSettings> {
     let cli = r.cli;
     let mut table: Table = r.section("lmp");
@@ -191,12 +208,7 @@ pub fn resolve(r: &mut Resolver<'_>) -> Option<LmpSettings> {
             .unwrap_or_default();
     }
     let token_file = r.configured_path("lmp", "token_file", table.token_file.take());
-
-    let sota_dir = match (&cli.sota_dir, &table.sota_dir) {
-        (Some(dir), _) => dir.clone(),
-        (None, Some(dir)) => dir.clone(),
-        (None, None) => r.path(paths::SOTA_DIR),
-    };
+    let sota_dir = sota_dir(r, table.sota_dir.as_ref());
 
     // Factory.
     let factory = if let Some(f) = &cli.factory {

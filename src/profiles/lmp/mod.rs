@@ -41,7 +41,7 @@ pub(crate) const PRIVATE_KEY: &str = "pkey.pem";
 
 /// Files whose presence means "registered", as the C++ tool decides it:
 /// aktualizr-lite creates `sql.db` on its first run.
-const REGISTERED_MARKERS: &[&str] = &["sql.db", answer::CLIENT_CERT];
+pub(crate) const REGISTERED_MARKERS: &[&str] = &["sql.db", answer::CLIENT_CERT];
 
 pub(crate) struct Lmp {
     settings: LmpSettings,

@@ -131,15 +131,14 @@ fn check_manufacturer_id(id: &str, from: &str) -> Result<String, String> {
     Ok(id.to_string())
 }
 
-pub fn resolve(r: &mut Resolver<'_>) -> Option<LosantSettings> {
-    let cli = r.cli;
-    let table: Table = r.section("losant");
-    let key = |r: &Resolver<'_>, name: &str| r.file_key("losant", name);
-
-    // Credentials: where they go decides what "registered" means, which
-    // the token check below needs.
-    let (credentials, credentials_from) = match &table.credentials {
-        Some(path) => (path.clone(), key(r, "credentials")),
+/// The credentials file, and its directory (the state dir) and name when
+/// it is usable there.
+fn credentials(
+    r: &mut Resolver<'_>,
+    configured: Option<&PathBuf>,
+) -> (PathBuf, Option<(PathBuf, String)>) {
+    let (credentials, from) = match configured {
+        Some(path) => (path.clone(), r.file_key("losant", "credentials")),
         None => (
             r.path(paths::CREDENTIALS),
             "the default credentials file".into(),
@@ -147,12 +146,30 @@ pub fn resolve(r: &mut Resolver<'_>) -> Option<LosantSettings> {
     };
     // The default is relative when --root is: only a configured path must
     // be absolute (a relative one would depend on the working directory).
-    let location = match r.configured_path("losant", "credentials", table.credentials.clone()) {
+    let location = match r.configured_path("losant", "credentials", configured.cloned()) {
         Err(Reported) => None,
-        Ok(_) => credentials_location(&credentials, &credentials_from)
+        Ok(_) => credentials_location(&credentials, &from)
             .map_err(|e| r.problem(e))
             .ok(),
     };
+    (credentials, location)
+}
+
+/// The state dir and the credentials file's name alone, for `--status`,
+/// which needs no other setting.
+pub fn locate(r: &mut Resolver<'_>) -> Option<(PathBuf, String)> {
+    let table: Table = r.section("losant");
+    credentials(r, table.credentials.as_ref()).1
+}
+
+pub fn resolve(r: &mut Resolver<'_>) -> Option<LosantSettings> {
+    let cli = r.cli;
+    let table: Table = r.section("losant");
+    let key = |r: &Resolver<'_>, name: &str| r.file_key("losant", name);
+
+    // Credentials: where they go decides what "registered" means, which
+    // the token check below needs.
+    let (credentials, location) = credentials(r, table.credentials.as_ref());
     let registered = credentials.symlink_metadata().is_ok() && !r.cli.force.unwrap_or(false);
 
     // The registration token: a file only, never a flag.

@@ -227,6 +227,19 @@ fn optional(value: Option<String>) -> Option<String> {
         .filter(|v| !v.is_empty())
 }
 
+fn state_dir(r: &Resolver<'_>, configured: Option<PathBuf>) -> PathBuf {
+    configured.unwrap_or_else(|| r.path(STATE_DIR))
+}
+
+/// The state dir alone, for `--status`, which needs no other setting.
+pub fn locate(r: &mut Resolver<'_>) -> PathBuf {
+    let table: Table = r.section("tii");
+    let configured = r
+        .configured_path("tii", "state_dir", table.state_dir)
+        .unwrap_or_default();
+    state_dir(r, configured)
+}
+
 pub fn resolve(r: &mut Resolver<'_>) -> Option<TiiSettings> {
     let mut table: Table = r.section("tii");
     let key = |r: &Resolver<'_>, name: &str| r.file_key("tii", name);
@@ -239,14 +252,11 @@ pub fn resolve(r: &mut Resolver<'_>) -> Option<TiiSettings> {
             .unwrap_or_default();
     }
 
-    let state_dir = match &table.state_dir {
-        Some(dir) => {
-            let from = key(r, "state_dir");
-            r.origin("state dir", from);
-            dir.clone()
-        }
-        None => r.path(STATE_DIR),
-    };
+    if table.state_dir.is_some() {
+        let from = key(r, "state_dir");
+        r.origin("state dir", from);
+    }
+    let state_dir = state_dir(r, table.state_dir.clone());
 
     let provisioning_url =
         required(r, table.provisioning_url, "provisioning_url", "").and_then(|url| {

@@ -41,7 +41,7 @@ pub const CA_CERT: &str = "ca.crt";
 /// The fleet manager's result payload; its presence means "registered".
 pub const REGISTRATION: &str = "registration.json";
 
-const REGISTERED_MARKERS: &[&str] = &[REGISTRATION];
+pub(crate) const REGISTERED_MARKERS: &[&str] = &[REGISTRATION];
 
 pub(crate) struct Tii {
     settings: TiiSettings,
