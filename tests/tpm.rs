@@ -118,18 +118,7 @@ fn azure_dps_registers_over_mutual_tls_with_the_key_in_the_tpm() {
         polls_before_assigned: 0,
         ..DpsOptions::default()
     });
-    let etc = fixture.root.join("etc");
-    common::write_file(&etc.join("dps-ca.pem"), &dps.server_ca_pem(), 0o644);
-    common::write_file(&etc.join("factory-ca.pem"), &dps.device_root_pem(), 0o644);
-    let config = format!(
-        "profile = \"azure-dps\"\n[azure-dps]\nid_scope = \"{}\"\nendpoint = \"{}\"\nenrol_url = \"{}\"\ncacert = \"{}\"\nfactory_ca = \"{}\"\n",
-        dps.id_scope(),
-        dps.endpoint(),
-        dps.enrol_url(),
-        etc.join("dps-ca.pem").display(),
-        etc.join("factory-ca.pem").display()
-    );
-    common::write_file(&etc.join("lmp-device-register.toml"), &config, 0o644);
+    fixture.configure_azure_dps(&dps);
 
     let started = Instant::now();
     let run = fixture.run_bare(&["--boot"]);

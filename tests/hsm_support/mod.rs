@@ -187,6 +187,24 @@ impl Fixture {
         self.output(command)
     }
 
+    /// Writes the config file of the azure-dps profile for `dps` (its
+    /// endpoints, its server CA as `cacert`, its device CA as `factory_ca`).
+    #[cfg(feature = "azure-dps")]
+    pub fn configure_azure_dps(&self, dps: &device_api::azure_dps::AzureDps) {
+        let etc = self.root.join("etc");
+        crate::common::write_file(&etc.join("dps-ca.pem"), &dps.server_ca_pem(), 0o644);
+        crate::common::write_file(&etc.join("factory-ca.pem"), &dps.device_root_pem(), 0o644);
+        let config = format!(
+            "profile = \"azure-dps\"\n[azure-dps]\nid_scope = \"{}\"\nendpoint = \"{}\"\nenrol_url = \"{}\"\ncacert = \"{}\"\nfactory_ca = \"{}\"\n",
+            dps.id_scope(),
+            dps.endpoint(),
+            dps.enrol_url(),
+            etc.join("dps-ca.pem").display(),
+            etc.join("factory-ca.pem").display()
+        );
+        crate::common::write_file(&etc.join("lmp-device-register.toml"), &config, 0o644);
+    }
+
     /// `softhsm2-util` with this fixture's configuration.
     pub fn softhsm_util(&self, args: &[&str]) -> Output {
         let output = Command::new("softhsm2-util")
