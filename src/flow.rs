@@ -17,7 +17,8 @@ use crate::identity::{self, Pending};
 use crate::keys::pkcs11::{Module, Token};
 use crate::keys::{DeviceKey, KeySpec, SoftwareKey};
 use crate::logging::{self, Context};
-use crate::profiles::{Answer, Backend, Checkpoint, Enrolment, Profile, StoredFile};
+use crate::profiles::{Answer, Answers, Backend, Checkpoint, Enrolment, Profile, StoredFile};
+use crate::retry::{retry, RetryPolicy, Retryable};
 use crate::secret::Secret;
 use crate::store::{self, PRIVATE_MODE};
 use serde_json::{Map, Value};
@@ -81,7 +82,7 @@ pub async fn register(common: &Common, profile: &Profile) -> Result<Outcome> {
                 answer: Some(_), ..
             },
         ) if !common.force => {
-            return finish_accepted(profile, &dir, key_spec, module, p);
+            return finish_accepted(profile, &common.retry, &dir, key_spec, module, p).await;
         }
         Some(Pending {
             id,
@@ -96,7 +97,7 @@ pub async fn register(common: &Common, profile: &Profile) -> Result<Outcome> {
         other => other,
     };
 
-    let markers = store::present(&dir, &profile.markers());
+    let markers = store::present(&dir, &profile.markers())?;
     if !markers.is_empty() {
         let what = format!("{} present in {}", markers.join(" and "), dir.display());
         if common.force {
@@ -144,7 +145,7 @@ pub async fn register(common: &Common, profile: &Profile) -> Result<Outcome> {
     let stored = if common.force {
         None
     } else {
-        profile.stored_identity()
+        profile.stored_identity()?
     };
     let mut identity = choose_identity(
         common,
@@ -156,9 +157,17 @@ pub async fn register(common: &Common, profile: &Profile) -> Result<Outcome> {
         token.as_ref(),
     )?;
     logging::note(Context::DeviceUuid, &identity.id);
-    if !identity.resumed {
+    if !identity.stored {
+        // A resumed identity too: the journal is written anew, which drops
+        // whatever an earlier run left after the identity (a torn answer)
+        // and makes room for this run's answer before the request goes out.
         let software_key = identity.key.as_ref().and_then(DeviceKey::private_pem);
-        identity::begin(&dir, &identity.id, software_key.as_ref())?;
+        identity::begin(&dir, &identity.id, software_key.as_ref()).map_err(|e| {
+            Error::new(
+                e.kind(),
+                format!("{e}; nothing was sent to the server, and the next run tries again"),
+            )
+        })?;
     }
     if let Some(token) = &token {
         // The key is part of the saved identity now: it outlives this run
@@ -208,25 +217,6 @@ pub async fn register(common: &Common, profile: &Profile) -> Result<Outcome> {
         }
     };
     // From here on the fleet holds the device: every failure keeps it.
-    let recorded = (|| {
-        if stored {
-            // A stored identity has no journal; the answer needs one to be
-            // finished by the next run should storing it fail. Its key is
-            // in place already.
-            identity::begin(&dir, &identity.id, None)?;
-        }
-        identity::record_answer(&dir, &answer)
-    })();
-    if let Err(e) = &recorded {
-        // Storing the answer itself may still work (a failed journal write
-        // is not a full disk, an I/O error may not repeat); if it does not,
-        // the identity is still kept (journal or stored first stage) and
-        // the next run asks the server again for the same device.
-        tracing::warn!(
-            "{e}; storing the registration of {} without a record of the answer",
-            identity.id
-        );
-    }
     // A stored identity's key file is in place already.
     let software_key = match stored {
         true => None,
@@ -242,12 +232,11 @@ pub async fn register(common: &Common, profile: &Profile) -> Result<Outcome> {
         id,
         software_key,
         answer,
-        kept: match recorded {
-            Ok(()) => AnswerKept::Recorded,
-            Err(_) => AnswerKept::IdentityOnly,
-        },
+        // Recorded by the first attempt at storing it.
+        kept: AnswerKept::IdentityOnly,
     };
-    finish(profile, &dir, key_spec, token, accepted)
+    finish(profile, &common.retry, &dir, key_spec, token, accepted)
+        .await
         .map(|outcome| outcome.after_checkpoint(checkpointed))
 }
 
@@ -260,7 +249,7 @@ struct Accepted {
 }
 
 /// What is kept for the next run when storing an accepted answer fails.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum AnswerKept {
     /// The answer: the next run stores it without asking the server.
     Recorded,
@@ -294,7 +283,7 @@ impl Checkpoint for IdentityStore<'_> {
             return Err(Error::internal("the identity is stored already"));
         }
         let entries = entries_to_store(self.key_file, self.software_key.as_ref(), &files);
-        let replaced = store::present(self.dir, &self.replaced);
+        let replaced = store::present(self.dir, &self.replaced)?;
         if !replaced.is_empty() {
             tracing::warn!(
                 "--force: the registration in {} ({}) is replaced by the new identity {}",
@@ -358,48 +347,128 @@ fn entries_to_store<'a>(
         .collect()
 }
 
-/// A local failure after the server accepted: the next run completes it.
-fn accepted_but(error: Error, id: &str, kept: AnswerKept) -> Error {
-    let next = match kept {
-        AnswerKept::Recorded => "the next run finishes storing it without registering it again",
-        AnswerKept::IdentityOnly => {
-            "its identity is kept, and the next run asks the server again for the same device"
+/// A local failure after the server accepted: what becomes of the device.
+fn accepted_but(error: Error, id: &str, kept: AnswerKept, answers: Answers) -> Error {
+    let next = match (kept, answers) {
+        (AnswerKept::Recorded, _) => {
+            format!("the server accepted device {id}: the next run finishes storing it without registering it again")
         }
+        (AnswerKept::IdentityOnly, Answers::Again) => format!(
+            "the server accepted device {id}: its identity is kept, and the next run asks the server again for the same device"
+        ),
+        (AnswerKept::IdentityOnly, Answers::Once { service }) => format!(
+            "device {id} is registered with {service}, but its answer could not be stored and is lost: delete device {id} in {service}, then run again (this device keeps its identity, so the next run registers the same one)"
+        ),
     };
-    Error::new(
-        error.kind(),
-        format!("{error}; the server accepted device {id}: {next}"),
-    )
+    Error::new(error.kind(), format!("{error}; {next}"))
+}
+
+/// A failed attempt at storing an accepted answer, and what it left on disk.
+struct Unstored {
+    error: Error,
+    kept: AnswerKept,
+}
+
+impl std::fmt::Display for Unstored {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.error.fmt(f)
+    }
+}
+
+impl Retryable for Unstored {
+    /// Worth another attempt while the answer is only in memory; once it is
+    /// recorded, the next run finishes it.
+    fn retry_hint(&self) -> Option<Option<std::time::Duration>> {
+        (self.kept == AnswerKept::IdentityOnly).then_some(None)
+    }
+}
+
+/// One attempt at storing an accepted answer: its record first (unless an
+/// earlier attempt wrote it), the certificate in the token, the files, and
+/// the journal is done with.
+fn store_attempt(
+    dir: &Path,
+    key_file: Option<&'static str>,
+    token: Option<&Token>,
+    accepted: &Accepted,
+    kept: &Cell<AnswerKept>,
+) -> Result<Vec<String>> {
+    let Accepted {
+        id,
+        software_key,
+        answer,
+        ..
+    } = accepted;
+    if kept.get() == AnswerKept::IdentityOnly {
+        // Storing the answer itself may still work (a failed journal write
+        // is not a full disk, an I/O error may not repeat).
+        match identity::record_answer(dir, id, answer) {
+            Ok(()) => kept.set(AnswerKept::Recorded),
+            Err(e) => tracing::warn!(
+                "{e}; storing the registration of {id} without a record of the answer"
+            ),
+        }
+    }
+    if let (Some(token), Some(certificate)) = (token, &answer.token_certificate) {
+        token.import_certificate(certificate)?;
+    }
+    let entries = entries_to_store(key_file, software_key.as_ref(), &answer.files);
+    let obsolete: Vec<&str> = answer.obsolete.iter().map(String::as_str).collect();
+    store::install(dir, &entries, &obsolete)?;
+    identity::remove(dir)?;
+    Ok(entries.iter().map(|e| e.name.to_string()).collect())
+}
+
+/// Stores an accepted answer. An answer that only this process holds, from
+/// a service that answers once, is worth waiting for: the attempts go on
+/// (until the retry policy's deadline: half an hour in --boot), each failure
+/// logged with its reason, so that a disk that filled up can be freed
+/// meanwhile; a run that ended with the answer only in memory would lose
+/// the device.
+async fn store_accepted(
+    answers: Answers,
+    policy: &RetryPolicy,
+    dir: &Path,
+    key_file: Option<&'static str>,
+    token: Option<&Token>,
+    accepted: &Accepted,
+) -> Result<Vec<String>> {
+    let kept = Cell::new(accepted.kept);
+    let attempt = |_| {
+        let stored = store_attempt(dir, key_file, token, accepted, &kept);
+        std::future::ready(stored.map_err(|error| Unstored {
+            error,
+            kept: kept.get(),
+        }))
+    };
+    let stored = match (answers, accepted.kept) {
+        (Answers::Once { service }, AnswerKept::IdentityOnly) => {
+            let what = format!(
+                "storing the registration of device {}, which {service} answers only once",
+                accepted.id
+            );
+            retry(policy, &what, attempt).await
+        }
+        _ => attempt(1).await,
+    };
+    stored.map_err(|Unstored { error, kept }| accepted_but(error, &accepted.id, kept, answers))
 }
 
 /// Stores an accepted answer, closes the token, runs what follows.
-fn finish(
+async fn finish(
     profile: &Profile,
+    policy: &RetryPolicy,
     dir: &Path,
     key_spec: Option<KeySpec>,
     token: Option<Arc<Token>>,
     accepted: Accepted,
 ) -> Result<Outcome> {
-    let Accepted {
-        id,
-        software_key,
-        answer,
-        kept,
-    } = accepted;
-    let stored = (|| -> Result<Vec<String>> {
-        if let (Some(token), Some(certificate)) = (&token, &answer.token_certificate) {
-            token.import_certificate(certificate)?;
-        }
-        let key_file = key_spec.as_ref().map(|spec| spec.file);
-        let entries = entries_to_store(key_file, software_key.as_ref(), &answer.files);
-        let obsolete: Vec<&str> = answer.obsolete.iter().map(String::as_str).collect();
-        store::install(dir, &entries, &obsolete)?;
-        identity::remove(dir)?;
-        Ok(entries.iter().map(|e| e.name.to_string()).collect())
-    })();
-    let files = stored.map_err(|e| accepted_but(e, &id, kept))?;
+    let key_file = key_spec.as_ref().map(|spec| spec.file);
+    let answers = profile.answers();
+    let files = store_accepted(answers, policy, dir, key_file, token.as_deref(), &accepted).await?;
     // Programs run next may open the token themselves.
     drop(token);
+    let answer = &accepted.answer;
     tracing::info!(
         message_id = logging::RESULT_MESSAGE_ID,
         registration_result = "registered",
@@ -435,8 +504,9 @@ fn files_field(files: &[String]) -> Map<String, Value> {
 }
 
 /// An earlier run got the server's acceptance but could not store it.
-fn finish_accepted(
+async fn finish_accepted(
     profile: &Profile,
+    policy: &RetryPolicy,
     dir: &Path,
     key_spec: Option<KeySpec>,
     module: Option<Module>,
@@ -471,7 +541,7 @@ fn finish_accepted(
         answer,
         kept: AnswerKept::Recorded,
     };
-    finish(profile, dir, key_spec, token, accepted)
+    finish(profile, policy, dir, key_spec, token, accepted).await
 }
 
 /// The identity to register: the one an earlier run stored, or the one of
@@ -627,9 +697,9 @@ fn stored_key(
         };
     }
     let path = dir.join(spec.file);
-    match crate::config::read_secret_optional(&path)? {
+    match store::read_stored_text(dir, spec.file)? {
         Some(pem) => Ok(Some(DeviceKey::Software(SoftwareKey::from_pem(
-            &Secret::new(pem),
+            &Secret::new(pem.to_string()),
             spec.algorithm,
         )?))),
         None => Err(missing(format!(

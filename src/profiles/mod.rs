@@ -137,6 +137,26 @@ pub(crate) trait Checkpoint {
     fn store_identity(&self, files: Vec<StoredFile>) -> Result<()>;
 }
 
+/// What a profile's service does when an identity it accepted asks again:
+/// what an answer the device could not store costs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Answers {
+    /// It answers again (DPS assigns the same device again): a lost answer
+    /// costs one more request.
+    // Only azure-dps answers again so far.
+    #[cfg_attr(not(feature = "azure-dps"), allow(dead_code))]
+    Again,
+    /// It answers once, or may (Losant's credentials, TII's fleet-manager
+    /// result, a factory API that answers 409 for a known device): an answer
+    /// the device does not store is lost, and the device with it. The flow
+    /// keeps trying to store it, and says plainly when it cannot.
+    Once {
+        /// Where the device must then be deleted, e.g. "the Losant
+        /// application".
+        service: &'static str,
+    },
+}
+
 /// One fleet backend.
 pub(crate) trait Backend {
     /// Where the profile's files live; the flow locks it and keeps the
@@ -160,9 +180,14 @@ pub(crate) trait Backend {
     /// The id of an identity stored by an earlier run through the
     /// [`Checkpoint`] (its first-stage files are in the state dir, and a
     /// software key beside them), which this run continues.
-    fn stored_identity(&self) -> Option<String> {
-        None
+    /// Only a missing file means "none"; a file that cannot be read is an
+    /// error, so that a stored identity is never taken for absent and
+    /// replaced.
+    fn stored_identity(&self) -> Result<Option<String>> {
+        Ok(None)
     }
+    /// Whether the service answers an accepted identity again.
+    fn answers(&self) -> Answers;
     /// The network steps: what the server accepted, ready to store.
     async fn enrol(&self, enrolment: Enrolment<'_>) -> Result<Answer>;
     /// Steps after the commit (the key and token are closed by then).
@@ -289,8 +314,11 @@ impl Backend for Profile {
     fn new_id(&self, token: Option<&Token>) -> String {
         dispatch!(self, p => p.new_id(token))
     }
-    fn stored_identity(&self) -> Option<String> {
+    fn stored_identity(&self) -> Result<Option<String>> {
         dispatch!(self, p => p.stored_identity())
+    }
+    fn answers(&self) -> Answers {
+        dispatch!(self, p => p.answers())
     }
     async fn enrol(&self, enrolment: Enrolment<'_>) -> Result<Answer> {
         dispatch!(self, p => p.enrol(enrolment).await)

@@ -13,7 +13,7 @@ pub(crate) mod config;
 pub(crate) mod dps;
 pub(crate) mod factory;
 
-use super::{report_fields, Answer, Backend, Enrolment, StepOutcome, StoredFile};
+use super::{report_fields, Answer, Answers, Backend, Enrolment, StepOutcome, StoredFile};
 use crate::config::{Common, Resolver};
 use crate::csr::{build_csr_pem, CsrSubject};
 use crate::error::{Error, ErrorKind, Result};
@@ -113,7 +113,7 @@ impl AzureDps {
                 path.display()
             ))
         };
-        let pem = crate::config::read_optional(&path)?
+        let pem = crate::store::read_stored_text(self.dir(), CERTIFICATE_FILE)?
             .ok_or_else(|| unusable("it has disappeared".into()))?;
         // The same checks as at the factory: a certificate that expired or
         // no longer fits the key or the factory CA can only be replaced.
@@ -227,7 +227,7 @@ impl Backend for AzureDps {
     }
 
     fn preflight(&self, common: &Common) -> Result<()> {
-        let needs_certificate = common.force || self.stored_identity().is_none();
+        let needs_certificate = common.force || self.stored_identity()?.is_none();
         if needs_certificate && self.settings.enrol_url.is_none() {
             return Err(Error::config(format!(
                 "{} holds no device certificate{} and no enrol_url is configured in [{}] to get one from the factory",
@@ -286,27 +286,30 @@ impl Backend for AzureDps {
         uuid
     }
 
-    /// The common name of `device.crt`, when it is a registration id.
-    fn stored_identity(&self) -> Option<String> {
-        let path = self.dir().join(CERTIFICATE_FILE);
-        let pem = match crate::config::read_optional(&path) {
-            Ok(pem) => pem?,
-            Err(e) => {
-                tracing::warn!("{e}");
-                return None;
-            }
+    /// The registration id `device.crt` names. Only a missing file means
+    /// none: the factory's certificate is never replaced without --force,
+    /// so one that cannot be read is an error (exit 1, retried by the unit)
+    /// and one that names no registration id needs a person to decide.
+    fn stored_identity(&self) -> Result<Option<String>> {
+        let Some(pem) = crate::store::read_stored_text(self.dir(), CERTIFICATE_FILE)? else {
+            return Ok(None);
         };
         let id = crate::x509::pem_certificates(&pem)
             .ok()
             .and_then(|chain| crate::x509::common_name(chain.first()?))
             .filter(|id| config::check_registration_id(id).is_ok());
-        if id.is_none() {
-            tracing::warn!(
-                "{} holds no certificate for a registration id; it is not used",
-                path.display()
-            );
+        match id {
+            Some(id) => Ok(Some(id)),
+            None => Err(Error::config(format!(
+                "{} holds no certificate for a registration id; run with --force to replace it with a new identity",
+                self.dir().join(CERTIFICATE_FILE).display()
+            ))),
         }
-        id
+    }
+
+    fn answers(&self) -> Answers {
+        // DPS assigns a registration id again whenever it asks.
+        Answers::Again
     }
 
     async fn enrol(&self, enrolment: Enrolment<'_>) -> Result<Answer> {

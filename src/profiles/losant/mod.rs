@@ -11,7 +11,7 @@ pub(crate) mod config;
 pub(crate) mod jwt;
 pub(crate) mod mac;
 
-use super::{report_fields, Answer, Backend, Enrolment, StepOutcome, StoredFile};
+use super::{report_fields, Answer, Answers, Backend, Enrolment, StepOutcome, StoredFile};
 use crate::config::{Common, Resolver};
 use crate::error::{Error, ErrorKind, Result};
 use crate::http::{self, HttpError};
@@ -36,9 +36,9 @@ impl Losant {
     fn refusal(&self, error: HttpError, url: &reqwest::Url, id: &str, resumed: bool) -> Error {
         if api::is_already_registered(&error) {
             let how = if error.may_have_been_received() {
-                "probably created by an earlier attempt of this run whose answer was lost"
+                "an earlier attempt of this run sent the request, and its answer was lost on the way"
             } else if resumed {
-                "probably created by an earlier run that ended before its answer arrived"
+                "an earlier run of this device sent the request and never stored the answer"
             } else {
                 "and this device holds no credentials for it"
             };
@@ -127,6 +127,13 @@ impl Backend for Losant {
 
     fn new_id(&self, _token: Option<&Token>) -> String {
         self.settings.manufacturer_id.clone()
+    }
+
+    fn answers(&self) -> Answers {
+        // A used manufacturer id is refused forever.
+        Answers::Once {
+            service: "the Losant application",
+        }
     }
 
     async fn enrol(&self, enrolment: Enrolment<'_>) -> Result<Answer> {

@@ -7,7 +7,7 @@ pub(crate) mod config;
 pub(crate) mod nats;
 pub(crate) mod provision;
 
-use super::{report_fields, Answer, Backend, Enrolment, StepOutcome, StoredFile};
+use super::{report_fields, Answer, Answers, Backend, Enrolment, StepOutcome, StoredFile};
 use crate::config::{CaBundle, Common, Resolver};
 use crate::csr::{build_csr_pem, CsrSubject};
 use crate::error::{Error, ErrorKind, Result};
@@ -165,6 +165,14 @@ impl Backend for Tii {
         let id = uuid::Uuid::new_v4().simple().to_string();
         tracing::info!("generated device id {id}");
         id
+    }
+
+    fn answers(&self) -> Answers {
+        // The provisioning server signs again, but the fleet manager sends
+        // its result (and the registration data in it) once.
+        Answers::Once {
+            service: "the fleet manager",
+        }
     }
 
     async fn enrol(&self, enrolment: Enrolment<'_>) -> Result<Answer> {
