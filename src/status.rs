@@ -4,12 +4,11 @@
 //! file it reads is replaced atomically by a registration, so each read sees
 //! a whole file, and a registration running beside it is never held up.
 
-use crate::cli::ProfileName;
-use crate::config::{read_optional, read_secret_optional, Environment, Resolver};
+use crate::cli::CommandLine;
+use crate::config::{read_optional, read_secret_optional, Environment};
 use crate::error::Result;
 use crate::identity;
 use crate::profiles::StateLocation;
-use clap::ValueEnum;
 use serde_json::{json, Map, Value};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -54,33 +53,31 @@ pub(crate) enum State {
 
 /// One profile whose state dir exists on this device.
 pub(crate) struct ProfileState {
-    pub profile: ProfileName,
+    pub profile: &'static str,
     pub dir: PathBuf,
     /// `Err` when the state dir cannot be read (permissions, a damaged
     /// journal): the reason.
     pub state: std::result::Result<State, String>,
 }
 
-/// Every profile of this build whose state dir exists, in the order of
-/// `--profile`'s names.
-pub(crate) fn profiles(r: &mut Resolver<'_>) -> Vec<ProfileState> {
-    ProfileName::value_variants()
-        .iter()
-        .filter_map(|&profile| {
-            let location = StateLocation::of(r, profile)?;
-            location.dir.is_dir().then(|| ProfileState {
-                profile,
-                state: read_state(profile, &location),
-                dir: location.dir,
-            })
+/// Every profile of this build whose state dir exists.
+pub(crate) fn profiles(command_line: &CommandLine, env: &Environment) -> Result<Vec<ProfileState>> {
+    let locations = crate::profiles::state_locations(command_line, env)?;
+    Ok(locations
+        .into_iter()
+        .filter(|(_, location)| location.dir.is_dir())
+        .map(|(profile, location)| ProfileState {
+            profile,
+            state: read_state(profile, &location),
+            dir: location.dir,
         })
-        .collect()
+        .collect())
 }
 
 /// The state of one profile's dir: its markers, then its journal (read by
 /// the journal's own loader), then a stored first stage.
 pub(crate) fn read_state(
-    profile: ProfileName,
+    profile: &str,
     location: &StateLocation,
 ) -> std::result::Result<State, String> {
     let dir = &location.dir;
@@ -99,7 +96,7 @@ pub(crate) fn read_state(
         });
     }
     #[cfg(feature = "azure-dps")]
-    if profile == ProfileName::AzureDps {
+    if profile == "azure-dps" {
         let certificate = dir.join(crate::profiles::azure_dps::CERTIFICATE_FILE);
         if let Some(id) = certificate_summary(&certificate)
             .ok()
@@ -117,16 +114,16 @@ pub(crate) fn read_state(
 
 /// What the profile's files say about a registration; what cannot be read
 /// stays unknown.
-pub(crate) fn read_registration(profile: ProfileName, location: &StateLocation) -> Registration {
+pub(crate) fn read_registration(profile: &str, location: &StateLocation) -> Registration {
     let dir = &location.dir;
     match profile {
-        ProfileName::Lmp => lmp_registration(dir),
         #[cfg(feature = "losant")]
-        ProfileName::Losant => losant_registration(&dir.join(&location.markers[0])),
+        "losant" => losant_registration(&dir.join(&location.markers[0])),
         #[cfg(feature = "tii")]
-        ProfileName::Tii => tii_registration(dir),
+        "tii" => tii_registration(dir),
         #[cfg(feature = "azure-dps")]
-        ProfileName::AzureDps => azure_dps_registration(dir),
+        "azure-dps" => azure_dps_registration(dir),
+        _ => lmp_registration(dir),
     }
 }
 
@@ -313,7 +310,7 @@ fn key_json(key: &KeyLocation) -> Value {
 
 fn profile_json(entry: &ProfileState, now: SystemTime) -> Value {
     let mut fields = Map::new();
-    fields.insert("profile".into(), entry.profile.as_str().into());
+    fields.insert("profile".into(), entry.profile.into());
     fields.insert("state_dir".into(), entry.dir.display().to_string().into());
     let (state, details) = match &entry.state {
         Err(error) => ("unreadable", json!({ "error": error })),
@@ -447,11 +444,10 @@ fn key_text(key: &Value) -> Option<String> {
 /// `--status`: resolves only the state dirs (the rest of the settings may
 /// be incomplete on a device that registered long ago) and prints the
 /// report.
-pub(crate) fn run(cli: &crate::cli::Cli, given: Vec<String>, env: &Environment) -> Result<u8> {
-    let mut resolver = Resolver::new(cli, given, env)?;
-    let profiles = profiles(&mut resolver);
+pub(crate) fn run(command_line: &CommandLine, env: &Environment) -> Result<u8> {
+    let profiles = profiles(command_line, env)?;
     let report = report(&profiles, SystemTime::now());
-    let printed = if cli.json {
+    let printed = if command_line.cli.json {
         format!("{report}\n")
     } else {
         text(&report)
