@@ -123,6 +123,54 @@ impl Lmp {
         }
         error.into_error(&format!("registering at {}", self.settings.device_api))
     }
+
+    /// What to store from a validated answer: its files (sota.toml with a
+    /// `[p11]` section for a token key), and what they replace.
+    fn answer(
+        &self,
+        uuid: &str,
+        name: &str,
+        bundle: &answer::Bundle,
+        token: Option<&Token>,
+    ) -> Result<Answer> {
+        let s = &self.settings;
+        // With a token key, sota.toml carries the user PIN in [p11].
+        let p11_sota_toml = token
+            .map(|token| p11::sota_toml_with_p11(&bundle.sota_toml, p11::section(token)))
+            .transpose()?;
+        let mut files = Vec::new();
+        for file in answer::ALLOWED_FILES {
+            match (file, &p11_sota_toml) {
+                (answer::SOTA_TOML, Some(text)) => {
+                    files.push(StoredFile::new(file, PRIVATE_MODE, text.expose()));
+                }
+                _ => {
+                    if let Some(contents) = bundle.files.get(file) {
+                        files.push(StoredFile::new(file, PUBLIC_MODE, contents.as_str()));
+                    }
+                }
+            }
+        }
+        // aktualizr-lite's database belongs to the identity being replaced,
+        // and so does a software key when the new one is in the token.
+        let mut obsolete = vec!["sql.db".to_string()];
+        if token.is_some() {
+            obsolete.push(PRIVATE_KEY.to_string());
+        }
+        let report = json!({
+            "uuid": uuid,
+            "name": name,
+            "factory": s.factory,
+            "sota_dir": s.sota_dir.display().to_string(),
+        });
+        Ok(Answer {
+            files,
+            obsolete,
+            token_certificate: token.map(|_| bundle.files[answer::CLIENT_CERT].clone()),
+            summary: format!("registered device {uuid} ({name})"),
+            report: report_fields(report),
+        })
+    }
 }
 
 impl FromSettings for Lmp {
@@ -271,42 +319,7 @@ impl Backend for Lmp {
                 "the server sent {ignored:?}, which is not a registration file; not written"
             );
         }
-        // With a token key, sota.toml carries the user PIN in [p11].
-        let p11_sota_toml = token
-            .map(|token| p11::sota_toml_with_p11(&bundle.sota_toml, p11::section(token)))
-            .transpose()?;
-        let mut files = Vec::new();
-        for name in answer::ALLOWED_FILES {
-            match (name, &p11_sota_toml) {
-                (answer::SOTA_TOML, Some(text)) => {
-                    files.push(StoredFile::new(name, PRIVATE_MODE, text.expose()));
-                }
-                _ => {
-                    if let Some(contents) = bundle.files.get(name) {
-                        files.push(StoredFile::new(name, PUBLIC_MODE, contents.as_str()));
-                    }
-                }
-            }
-        }
-        // aktualizr-lite's database belongs to the identity being replaced,
-        // and so does a software key when the new one is in the token.
-        let mut obsolete = vec!["sql.db".to_string()];
-        if token.is_some() {
-            obsolete.push(PRIVATE_KEY.to_string());
-        }
-        let report = json!({
-            "uuid": uuid,
-            "name": name,
-            "factory": s.factory,
-            "sota_dir": s.sota_dir.display().to_string(),
-        });
-        Ok(Answer {
-            files,
-            obsolete,
-            token_certificate: token.map(|_| bundle.files[answer::CLIENT_CERT].clone()),
-            summary: format!("registered device {uuid} ({name})"),
-            report: report_fields(report),
-        })
+        self.answer(uuid, &name, &bundle, token.map(|t| t.as_ref()))
     }
 
     fn after_commit(&self) -> Vec<(&'static str, StepOutcome)> {
