@@ -259,6 +259,31 @@ pub(crate) fn declared_flags() -> Vec<clap::Arg> {
     args
 }
 
+/// The environment variables the settings read, each with what it sets
+/// and for which profile, for the man page.
+pub fn environment_variables() -> Vec<(&'static str, String)> {
+    let mut variables: Vec<(&'static str, String)> = Vec::new();
+    let scoped = REGISTERED
+        .iter()
+        .map(|p| (p.settings, p.name))
+        .chain([(SHARED, "every profile")]);
+    for (settings, scope) in scoped {
+        for setting in settings {
+            for source in setting.sources() {
+                if let Source::Env(var) = source {
+                    let help = setting.help().trim_end_matches('.');
+                    let words = match setting.switch() {
+                        true => ": 1/true/yes/on or 0/false/no/off",
+                        false => "",
+                    };
+                    variables.push((var, format!("{help}{words} ({scope})")));
+                }
+            }
+        }
+    }
+    variables
+}
+
 /// The settings tables of `docs/configuration.md`, made from the
 /// declarations: (marker, Markdown) for the shared settings, the settings
 /// of a key in a token, and each profile of this build.
