@@ -16,7 +16,6 @@ const LIMIT: usize = 80;
 const BEING_SHORTENED: &[(&str, &str)] = &[
     ("src/profiles/azure_dps/dps.rs", "register"),
     ("src/profiles/lmp/oauth.rs", "device_flow"),
-    ("src/keys/pkcs11/token.rs", "create_key"),
 ];
 
 fn repo() -> PathBuf {
