@@ -160,7 +160,13 @@ impl AzureDps {
         })
         .await
         .map_err(|e| self.factory_refusal(e, id, resumed))?;
-        factory::validate(&body, key.der_bytes(), id, s.factory_ca.as_ref())
+        factory::validate(
+            &body,
+            key.der_bytes(),
+            id,
+            s.factory_ca.as_ref(),
+            ASN1Time::now(),
+        )
     }
 
     fn factory_refusal(&self, error: HttpError, id: &str, resumed: bool) -> Error {
