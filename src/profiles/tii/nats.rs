@@ -282,7 +282,8 @@ pub fn timestamp() -> String {
         .unwrap_or_default()
 }
 
-fn interpret(payload: &[u8]) -> Result<Registered, NatsError> {
+/// The fleet manager's result: the registration data, or why not.
+pub fn interpret(payload: &[u8]) -> Result<Registered, NatsError> {
     let result: ResultMessage = serde_json::from_slice(payload)
         .map_err(|e| NatsError::BadResult(format!("not the expected JSON: {e}")))?;
     match result.status.as_str() {
