@@ -1,0 +1,131 @@
+//! The agent's parsers of untrusted input, for the fuzz targets in `fuzz/`
+//! (docs/fuzzing.md). Not an API: hidden from the documentation and kept to
+//! what the targets need. Each item is the agent's own function, re-exported,
+//! or a thin adapter where the agent's types are private to the crate, so
+//! that a target never runs a copy of the logic it checks.
+
+pub use crate::error::{Error, ErrorKind};
+pub use crate::http::{parse_retry_after, server_message, HttpError};
+pub use crate::profiles::lmp::answer::{validate as lmp_answer, Bundle, ValidityCheck};
+pub use crate::retry::RetryPolicy;
+pub use crate::secret::Secret;
+pub use crate::x509::pem_certificates;
+pub use x509_parser::time::ASN1Time;
+
+use std::future::Future;
+use std::time::Duration;
+
+/// A file as the flow would store it: name, mode, contents.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileToStore {
+    pub name: String,
+    pub mode: u32,
+    pub contents: String,
+}
+
+/// What an LmP registration stores from a validated answer; `p11`: the
+/// `[p11]` section of a token key.
+pub fn lmp_files_to_store(
+    bundle: &Bundle,
+    p11: Option<toml::Table>,
+) -> Result<Vec<FileToStore>, Error> {
+    let files = crate::profiles::lmp::files_to_store(bundle, p11)?;
+    Ok(files
+        .iter()
+        .map(|file| FileToStore {
+            name: file.name.clone(),
+            mode: file.mode,
+            contents: file.contents.clone(),
+        })
+        .collect())
+}
+
+/// One failed request that carried `retry_after` (an HTTP 503), through the
+/// agent's retry loop with `policy` (whose `max_attempts` should be 1: a
+/// retry would sleep). Returns the loop's final error.
+pub fn retry_after_refusal(policy: &RetryPolicy, retry_after: Option<Duration>) -> HttpError {
+    let refused = crate::retry::retry(policy, "fuzzing", |_| async {
+        Err::<(), _>(HttpError::Status {
+            code: 503,
+            message: String::new(),
+            retry_after,
+        })
+    });
+    let mut refused = std::pin::pin!(refused);
+    let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+    match refused.as_mut().poll(&mut context) {
+        std::task::Poll::Ready(Err(error)) => error,
+        std::task::Poll::Ready(Ok(())) => unreachable!("the request never succeeds"),
+        std::task::Poll::Pending => panic!("the retry loop slept: give the policy max_attempts 1"),
+    }
+}
+
+#[cfg(feature = "losant")]
+pub use crate::profiles::losant::api::{parse_credentials, Credentials};
+#[cfg(feature = "losant")]
+pub use crate::profiles::losant::jwt::{unverified_claims, Claims};
+#[cfg(feature = "losant")]
+pub use crate::profiles::losant::mac::{checked_address as sysfs_mac_address, InterfaceAddress};
+
+#[cfg(feature = "tii")]
+pub use crate::profiles::tii::config::NatsUrl;
+#[cfg(feature = "tii")]
+pub use crate::profiles::tii::nats::{interpret as tii_nats_result, NatsError, Registered};
+#[cfg(feature = "tii")]
+pub use crate::profiles::tii::provision::{validate as tii_provision, Provisioned};
+
+/// A device certificate the DPS profile accepted: `device.crt` as stored,
+/// and the chain (DER, leaf first).
+#[cfg(feature = "azure-dps")]
+#[derive(Debug)]
+pub struct DpsCertificate {
+    pub pem: String,
+    pub chain: Vec<Vec<u8>>,
+    pub leaf_pem: String,
+}
+
+#[cfg(feature = "azure-dps")]
+fn factory_ca(pem: Option<&str>) -> Option<crate::config::CaBundle> {
+    pem.map(|pem| crate::config::CaBundle {
+        path: "factory_ca.pem".into(),
+        certificates: crate::x509::require_certificates(pem).expect("a usable factory CA"),
+    })
+}
+
+#[cfg(feature = "azure-dps")]
+fn dps_certificate(cert: crate::profiles::azure_dps::factory::DeviceCertificate) -> DpsCertificate {
+    DpsCertificate {
+        leaf_pem: cert.leaf_pem(),
+        chain: cert.chain.iter().map(|der| der.to_vec()).collect(),
+        pem: cert.pem,
+    }
+}
+
+/// The factory's enrolment answer (201 body), checked as the DPS profile
+/// checks it; `factory_ca`: the PEM of the configured factory CA.
+#[cfg(feature = "azure-dps")]
+pub fn dps_factory_answer(
+    body: &[u8],
+    public_key: &[u8],
+    id: &str,
+    factory_ca_pem: Option<&str>,
+    now: ASN1Time,
+) -> Result<DpsCertificate, Error> {
+    let ca = factory_ca(factory_ca_pem);
+    crate::profiles::azure_dps::factory::validate(body, public_key, id, ca.as_ref(), now)
+        .map(dps_certificate)
+}
+
+/// `device.crt` as a later run checks it before registering with DPS.
+#[cfg(feature = "azure-dps")]
+pub fn dps_stored_certificate(
+    pem: &str,
+    public_key: &[u8],
+    id: &str,
+    factory_ca_pem: Option<&str>,
+    now: ASN1Time,
+) -> Result<DpsCertificate, String> {
+    let ca = factory_ca(factory_ca_pem);
+    crate::profiles::azure_dps::factory::check_chain(pem, public_key, id, ca.as_ref(), now)
+        .map(dps_certificate)
+}
