@@ -4,8 +4,10 @@
 //! or a thin adapter where the agent's types are private to the crate, so
 //! that a target never runs a copy of the logic it checks.
 
+pub use crate::config::{parse_hsm_file, parse_single_line};
 pub use crate::error::{Error, ErrorKind};
 pub use crate::http::{parse_retry_after, server_message, HttpError};
+pub use crate::identity::PENDING_FILE;
 pub use crate::profiles::lmp::answer::{validate as lmp_answer, Bundle, ValidityCheck};
 pub use crate::retry::RetryPolicy;
 pub use crate::secret::Secret;
@@ -14,6 +16,11 @@ pub use x509_parser::time::ASN1Time;
 
 use std::future::Future;
 use std::time::Duration;
+
+/// `/etc/os-release` and `/etc/sota/hsm` as `KEY=value` pairs.
+pub fn parse_shell_vars(text: &str) -> Result<Vec<(String, String)>, String> {
+    crate::config::parse_shell_vars(text)
+}
 
 /// A file as the flow would store it: name, mode, contents.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,4 +135,44 @@ pub fn dps_stored_certificate(
     let ca = factory_ca(factory_ca_pem);
     crate::profiles::azure_dps::factory::check_chain(pem, public_key, id, ca.as_ref(), now)
         .map(dps_certificate)
+}
+
+/// What the journal loader takes from a pending journal: the identity, the
+/// last whole answer (as JSON), and how many records it skipped.
+pub struct Journal {
+    pub id: String,
+    pub software_key: Option<Secret>,
+    pub answer: Option<serde_json::Value>,
+    pub skipped: usize,
+}
+
+fn journal(pending: crate::identity::Pending, skipped: usize) -> Journal {
+    Journal {
+        answer: pending
+            .answer
+            .as_ref()
+            .map(|answer| serde_json::to_value(answer).expect("an answer is JSON")),
+        id: pending.id,
+        software_key: pending.software_key,
+        skipped,
+    }
+}
+
+/// The journal's bytes as `load` reads them (`identity.rs` `parse`).
+pub fn journal_parse(bytes: &[u8]) -> Result<Journal, String> {
+    crate::identity::parse(bytes).map(|(pending, skipped)| journal(pending, skipped))
+}
+
+/// Writes `journal` into `dir` as a registration does (`begin`, then
+/// `record_answer`) and loads it again (`load`).
+pub fn journal_round_trip(dir: &std::path::Path, journal: &Journal) -> Result<Journal, Error> {
+    crate::identity::begin(dir, &journal.id, journal.software_key.as_ref())?;
+    if let Some(answer) = &journal.answer {
+        let answer: crate::profiles::Answer = serde_json::from_value(answer.clone())
+            .map_err(|e| Error::internal(format!("the answer does not decode: {e}")))?;
+        crate::identity::record_answer(dir, &journal.id, &answer)?;
+    }
+    let pending = crate::identity::load(dir)?
+        .ok_or_else(|| Error::internal("the journal just written is gone"))?;
+    Ok(self::journal(pending, 0))
 }
