@@ -336,3 +336,128 @@ pub fn sysfs_mac(data: &[u8]) {
     let not_the_cards = matches!(assign_type.as_deref(), Some("2" | "3"));
     assert_eq!(checked.warning.is_some(), not_the_cards);
 }
+
+/// The small device files (`config/devicefiles.rs`, `config/hsm.rs`):
+/// `/etc/os-release` and `/etc/sota/hsm` (`KEY=value`), `/etc/sota/tag` and
+/// the API token file (one line). The PINs and the token are secrets: no
+/// error and no `Debug` of the hsm settings may show them.
+pub fn device_files(data: &[u8]) {
+    let data = plant(data);
+    // The reader refuses what is not UTF-8 or holds a NUL before parsing.
+    let Ok(text) = std::str::from_utf8(&data) else {
+        return;
+    };
+    if text.contains('\0') {
+        return;
+    }
+    match agent::parse_shell_vars(text) {
+        Ok(vars) => {
+            for (key, _) in &vars {
+                assert!(!key.is_empty() && !key.starts_with(|c: char| c.is_ascii_digit()));
+                assert!(
+                    key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+                    "{key:?}"
+                );
+            }
+        }
+        Err(why) => assert_no_marker(&why, "an error"),
+    }
+    match agent::parse_hsm_file(text) {
+        Ok(hsm) => {
+            let module_shows_it = hsm
+                .module
+                .as_ref()
+                .is_some_and(|m| m.to_string_lossy().contains(MARKER));
+            if !module_shows_it {
+                assert_no_marker(&format!("{hsm:?}"), "Debug of the hsm file");
+            }
+        }
+        Err(why) => assert_no_marker(&why, "an error"),
+    }
+    match agent::parse_single_line(text, "the token file") {
+        Ok(line) => {
+            assert!(!line.is_empty() && line.trim() == line, "{line:?}");
+            assert!(!line.chars().any(char::is_control), "{line:?}");
+        }
+        Err(why) => assert_no_marker(&why, "an error"),
+    }
+}
+
+/// The hex SHA-256 a journal record starts with, computed here on its own
+/// (not by the agent's code), to check the loader against.
+fn sha256_hex(json: &[u8]) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, json);
+    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn record_checks_out(record: &[u8]) -> bool {
+    let Some(space) = record.iter().position(|b| *b == b' ') else {
+        return false;
+    };
+    sha256_hex(&record[space + 1..]).as_bytes() == &record[..space]
+}
+
+/// A directory for the journal's round trip: memory-backed where there is
+/// one, so that its fsyncs cost nothing.
+fn scratch_dir() -> &'static std::path::Path {
+    static DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let shm = std::path::Path::new("/dev/shm");
+        let base = if shm.is_dir() {
+            shm.to_path_buf()
+        } else {
+            std::env::temp_dir()
+        };
+        let dir = base.join(format!("lmp-fuzz-journal-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("a scratch directory");
+        dir
+    })
+}
+
+/// The pending journal (`identity.rs`), as it is (first byte even) or as
+/// records that this target checksums itself (odd: the rest is JSON records
+/// separated by newlines), so that the fuzzer reaches the JSON. Nothing the
+/// loader accepts fails its checksum; errors never show the software key;
+/// what was loaded, written again by a registration, loads the same.
+pub fn journal(data: &[u8]) {
+    let Some((mode, rest)) = data.split_first() else {
+        return;
+    };
+    let rest = plant(rest);
+    let bytes = if mode % 2 == 0 {
+        rest.into_owned()
+    } else {
+        let mut bytes = Vec::new();
+        for json in rest.split(|b| *b == b'\n') {
+            bytes.extend_from_slice(sha256_hex(json).as_bytes());
+            bytes.push(b' ');
+            bytes.extend_from_slice(json);
+            bytes.push(b'\n');
+        }
+        bytes
+    };
+    let loaded = match agent::journal_parse(&bytes) {
+        Ok(loaded) => loaded,
+        Err(why) => return assert_no_marker(&why, "an error"),
+    };
+    let mut records = bytes
+        .split(|b| *b == b'\n' || *b == 0)
+        .filter(|r| !r.is_empty());
+    let identity = records.next().expect("an identity record");
+    assert!(
+        record_checks_out(identity),
+        "an identity record that fails its checksum was taken"
+    );
+    if loaded.answer.is_some() {
+        assert!(
+            records.any(record_checks_out),
+            "an answer that fails its checksum was taken"
+        );
+    }
+    let again = agent::journal_round_trip(scratch_dir(), &loaded)
+        .unwrap_or_else(|e| panic!("the loaded journal cannot be written again: {e}"));
+    assert_eq!(again.id, loaded.id);
+    assert_eq!(again.software_key, loaded.software_key);
+    assert_eq!(again.answer, loaded.answer);
+    assert_eq!(again.skipped, 0);
+}

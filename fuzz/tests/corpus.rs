@@ -40,4 +40,6 @@ targets!(
     retry_after,
     server_message,
     sysfs_mac,
+    device_files,
+    journal,
 );

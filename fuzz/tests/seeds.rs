@@ -2,7 +2,8 @@
 //! a device key, CSRs for it sent to each double over HTTP(S), and the
 //! bodies the doubles send back, as they are. `scripts/fuzz seeds` runs it
 //! (`LMP_FUZZ_WRITE_SEEDS=1 cargo test -p lmp-device-register-fuzz --test
-//! seeds`); without the variable it does nothing. Hand-made seeds (names
+//! seeds`; `=journal`: only the journals, which need no key); without the
+//! variable it does nothing. Hand-made seeds (names
 //! starting `hand-`) and regressions (`regression-`) are left alone.
 
 use device_api::azure_dps::{AzureDps, DpsOptions};
@@ -337,11 +338,66 @@ fn dps(key: &KeyPair) {
     panic!("the DPS double never assigned the device");
 }
 
+/// Journals as a registration writes them (identity with a marked key,
+/// then the LmP double's answer as the LmP profile stores it), raw (the
+/// room's zeros cut to a few) and as the target's checksummed records.
+fn journals() {
+    use lmp_device_register::fuzzing::{journal_round_trip, Journal, Secret, PENDING_FILE};
+    let answer: Value = serde_json::from_slice(
+        &std::fs::read(fuzz_dir().join("seeds/lmp_answer/double-201.json")).unwrap(),
+    )
+    .unwrap();
+    let files: Vec<Value> = ["root.crt", "client.chained", "client.pem", "sota.toml"]
+        .iter()
+        .map(|name| json!({"name": name, "mode": 0o644, "contents": answer[name]}))
+        .collect();
+    let recorded = json!({
+        "files": files,
+        "obsolete": ["sql.db"],
+        "token_certificate": null,
+        "summary": format!("registered device {LMP_UUID} (fuzz-01)"),
+        "report": {"uuid": LMP_UUID},
+    });
+    let key = "-----BEGIN PRIVATE KEY-----\n$SMIGHAgEAMBMGByqGSM49AgEGCCqGSM49\n-----END PRIVATE KEY-----\n";
+    for (name, answer) in [("identity", None), ("answer", Some(recorded))] {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal {
+            id: LMP_UUID.into(),
+            // Raw journals keep their checksums: no $S in them.
+            software_key: Some(Secret::new(key.replace("$S", ""))),
+            answer: answer.clone(),
+            skipped: 0,
+        };
+        journal_round_trip(dir.path(), &journal).unwrap();
+        let mut bytes = std::fs::read(dir.path().join(PENDING_FILE)).unwrap();
+        let end = bytes.iter().rposition(|b| *b != 0).unwrap() + 1;
+        bytes.truncate(end + 16);
+        let mut raw = vec![0u8];
+        raw.extend(bytes);
+        write(&format!("seeds/journal/agent-{name}"), &raw);
+        let mut records = vec![1u8];
+        records.extend(
+            json!({"id": LMP_UUID, "software_key_pem": key})
+                .to_string()
+                .into_bytes(),
+        );
+        if let Some(answer) = answer {
+            records.push(b'\n');
+            records.extend(answer.to_string().into_bytes());
+        }
+        write(&format!("seeds/journal/agent-{name}-records"), &records);
+    }
+}
+
 #[test]
 fn seeds_from_the_doubles() {
-    if std::env::var_os("LMP_FUZZ_WRITE_SEEDS").is_none() {
+    let Some(which) = std::env::var_os("LMP_FUZZ_WRITE_SEEDS") else {
         eprintln!("LMP_FUZZ_WRITE_SEEDS is not set: seeds/ left as it is");
         return;
+    };
+    // The journals need no key: they can be remade alone.
+    if which == "journal" {
+        return journals();
     }
     let _ = rustls::crypto::ring::default_provider().install_default();
     let key = KeyPair::generate().unwrap();
@@ -355,4 +411,5 @@ fn seeds_from_the_doubles() {
     losant();
     tii(&key);
     dps(&key);
+    journals();
 }
