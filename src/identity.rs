@@ -1,5 +1,9 @@
 //! The identity of a registration in progress, kept in a small journal in
-//! the state dir until the registration is stored:
+//! the state dir until the registration is stored. Its life cycle, all of it
+//! here: [`load`] what an earlier run left; [`begin`] the journal of a new
+//! identity or [`resume`] an unfinished one (written anew either way);
+//! [`record_answer`]; [`finish`] once stored; [`keep_or_discard`] after a
+//! failure. The journal holds:
 //!
 //! 1. the identity (id and software key), written before the first request,
 //!    so that a retry, a reboot or a rerun after a crash presents the same
@@ -33,11 +37,14 @@
 //! loss, which the loader skips like any other separator.
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::keys::pkcs11::Token;
+use crate::keys::{DeviceKey, KeySpec, SoftwareKey};
 use crate::profiles::Answer;
 use crate::secret::Secret;
 use crate::store::{self, PRIVATE_MODE};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
+use std::sync::Arc;
 use zeroize::Zeroizing;
 
 pub const PENDING_FILE: &str = ".lmp-device-register.pending";
@@ -56,6 +63,95 @@ pub struct Pending {
     pub software_key: Option<Secret>,
     /// What the server accepted, when it got that far.
     pub answer: Option<Answer>,
+}
+
+impl Pending {
+    /// `--force` gives up an accepted registration this device never
+    /// finished storing: the server keeps that device.
+    pub fn abandon(self) {
+        tracing::warn!(
+            "--force: abandoning device {}, which the server accepted but this device never finished storing; delete it on the server",
+            self.id
+        );
+    }
+}
+
+/// The device being registered: its id and key, and whether they come from
+/// an unfinished earlier attempt, or from the first stage an earlier run
+/// stored.
+pub struct Identity {
+    pub id: String,
+    pub key: Option<DeviceKey>,
+    pub resumed: bool,
+    pub stored: bool,
+}
+
+/// What a run asks for, against which an unfinished identity is resumed.
+pub struct Wanted<'a> {
+    pub force: bool,
+    /// An id the configuration asks for.
+    pub configured_id: Option<&'a str>,
+    pub key_spec: Option<&'a KeySpec>,
+    /// The token, when the key is to be in one.
+    pub token: Option<&'a Arc<Token>>,
+}
+
+/// The identity of an unfinished earlier attempt, with its key, unless this
+/// run asks for another: `--force`, another configured id, or a key that
+/// moved between software and a token (or left the token). Its journal is
+/// written anew by [`begin`] before the request.
+pub fn resume(earlier: Pending, wanted: &Wanted<'_>) -> Result<Option<Identity>> {
+    let Wanted {
+        force,
+        configured_id,
+        key_spec,
+        token,
+    } = *wanted;
+    let id = &earlier.id;
+    let reason = if force {
+        Some("--force".to_string())
+    } else if configured_id.is_some_and(|wanted| wanted != id) {
+        Some("the configuration asks for another device".into())
+    } else if key_spec.is_some() && earlier.software_key.is_some() == token.is_some() {
+        let was = match token {
+            Some(_) => "in software",
+            None => "in a PKCS#11 token",
+        };
+        Some(format!("its key was {was}"))
+    } else {
+        None
+    };
+    if let Some(reason) = reason {
+        match force {
+            true => tracing::warn!("--force: discarding the unfinished registration of {id}"),
+            false => tracing::warn!("discarding the unfinished registration of {id}: {reason}"),
+        }
+        return Ok(None);
+    }
+    let key = match (key_spec, token, &earlier.software_key) {
+        (None, _, _) => Some(None),
+        (Some(spec), None, Some(pem)) => Some(Some(DeviceKey::Software(SoftwareKey::from_pem(
+            pem,
+            spec.algorithm,
+        )?))),
+        (Some(spec), Some(token), _) => token
+            .existing_key(spec.algorithm)?
+            .map(|k| Some(DeviceKey::Token(k))),
+        (Some(_), None, None) => None,
+    };
+    let Some(key) = key else {
+        tracing::warn!(
+            "discarding the unfinished registration of {id}: its key is no longer in the token"
+        );
+        return Ok(None);
+    };
+    tracing::info!("resuming the unfinished registration of {id}");
+    Ok(Some(Identity {
+        id: earlier.id,
+        key,
+        resumed: true,
+        stored: false,
+    }))
 }
 
 #[derive(Serialize, Deserialize)]
@@ -216,8 +312,35 @@ fn answer_record(existing: &[u8], answer: &Answer) -> Result<(u64, Zeroizing<Str
     Ok((end_of_records(existing) as u64, record))
 }
 
-pub fn remove(dir: &Path) -> Result<()> {
+/// The registration (or the first stage of one) is stored: the journal has
+/// served.
+pub fn finish(dir: &Path) -> Result<()> {
     store::remove(dir, PENDING_FILE)
+}
+
+/// After a failed attempt: the identity is kept for the next run when the
+/// server may hold it (no answer came back, or it says the device exists
+/// after an attempt of ours may have created it) or when it is stored
+/// already; it is forgotten, with the token objects this identity made,
+/// when the server's refusal is definite or the request never reached it.
+pub fn keep_or_discard(dir: &Path, id: &str, stored: bool, token: Option<&Token>, error: &Error) {
+    if stored {
+        tracing::info!(
+            "kept the identity of {id}, stored in {}, for the next attempt",
+            dir.display()
+        );
+    } else if error.kind() == ErrorKind::Interrupted || error.outcome_unknown() {
+        tracing::info!("kept the identity of {id} for the next attempt");
+    } else {
+        if let Some(token) = token {
+            if let Err(e) = token.remove_registration_objects() {
+                tracing::warn!("{e}");
+            }
+        }
+        if let Err(e) = finish(dir) {
+            tracing::warn!("{e}");
+        }
+    }
 }
 
 #[cfg(test)]
@@ -259,7 +382,7 @@ mod tests {
         assert_eq!(recorded.files[0].contents, "CERT");
         assert_eq!(recorded.obsolete, ["sql.db"]);
 
-        remove(dir.path()).unwrap();
+        finish(dir.path()).unwrap();
         assert!(load(dir.path()).unwrap().is_none());
     }
 

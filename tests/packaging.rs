@@ -9,7 +9,7 @@
 //! says so when it is not.
 
 use clap::CommandFactory;
-use lmp_device_register::cli::Cli;
+use lmp_device_register::cli::{Cli, CommandLine};
 use lmp_device_register::config::parse_hsm_file;
 use lmp_device_register::config::parse_single_line;
 use lmp_device_register::error::ErrorKind;
@@ -412,10 +412,14 @@ fn unit_runs_boot_mode_once_without_secrets_on_its_command_line() {
             "secret on ExecStart: {arg}"
         );
     }
-    let cli =
-        <Cli as clap::Parser>::try_parse_from(argv.iter().copied()).expect("ExecStart parses");
-    assert!(cli.boot, "ExecStart must use --boot");
-    assert!(cli.api_token.is_none() && cli.hsm_pin.is_none() && cli.hsm_so_pin.is_none());
+    let command_line = CommandLine::try_parse_from(argv.iter().copied()).expect("ExecStart parses");
+    assert!(command_line.cli.boot, "ExecStart must use --boot");
+    for secret in ["api-token", "hsm-pin", "hsm-so-pin"] {
+        assert!(
+            command_line.value(secret).is_none(),
+            "--{secret} on ExecStart"
+        );
+    }
 }
 
 /// With ProtectSystem=strict the agent cannot make /var/sota itself (and

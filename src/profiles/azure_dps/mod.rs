@@ -13,8 +13,8 @@ pub(crate) mod config;
 pub(crate) mod dps;
 pub(crate) mod factory;
 
-use super::{report_fields, Answer, Answers, Backend, Enrolment, StepOutcome, StoredFile};
-use crate::config::{Common, Resolver};
+use super::{report_fields, Answer, Answers, Backend, Enrolment, FromSettings, StepOutcome, StoredFile};
+use crate::config::{Common, Declarations, Resolver};
 use crate::csr::{build_csr_pem, CsrSubject};
 use crate::error::{Error, ErrorKind, Result};
 use crate::http::{self, HttpError};
@@ -94,10 +94,6 @@ impl Pkcs11Location {
 }
 
 impl AzureDps {
-    pub fn resolve(r: &mut Resolver<'_>) -> Option<AzureDps> {
-        config::resolve(r).map(|settings| AzureDps { settings })
-    }
-
     fn dir(&self) -> &Path {
         &self.settings.state_dir
     }
@@ -211,6 +207,15 @@ impl AzureDps {
             .map_err(|e| Error::internal(format!("cannot write {ASSIGNMENT_FILE}: {e}")))?;
         text.push('\n');
         Ok(text)
+    }
+}
+
+impl FromSettings for AzureDps {
+    const ABOUT: &'static str = "Azure IoT Hub Device Provisioning Service: a certificate from the factory, then DPS with it";
+    const SETTINGS: Declarations = config::SETTINGS;
+
+    fn resolve(r: &mut Resolver<'_>) -> Option<AzureDps> {
+        config::resolve(r).map(|settings| AzureDps { settings })
     }
 }
 

@@ -11,8 +11,8 @@ pub(crate) mod config;
 pub(crate) mod jwt;
 pub(crate) mod mac;
 
-use super::{report_fields, Answer, Answers, Backend, Enrolment, StepOutcome, StoredFile};
-use crate::config::{Common, Resolver};
+use super::{report_fields, Answer, Answers, Backend, Enrolment, FromSettings, StepOutcome, StoredFile};
+use crate::config::{Common, Declarations, Resolver};
 use crate::error::{Error, ErrorKind, Result};
 use crate::http::{self, HttpError};
 use crate::keys::pkcs11::Token;
@@ -28,10 +28,6 @@ pub(crate) struct Losant {
 }
 
 impl Losant {
-    pub fn resolve(r: &mut Resolver<'_>) -> Option<Losant> {
-        config::resolve(r).map(|settings| Losant { settings })
-    }
-
     /// The error for a failed registration, with what to do about it.
     fn refusal(&self, error: HttpError, url: &reqwest::Url, id: &str, resumed: bool) -> Error {
         if api::is_already_registered(&error) {
@@ -67,6 +63,15 @@ impl Losant {
             "manufacturerId": id,
             "credentials": self.settings.credentials_path().display().to_string(),
         }))
+    }
+}
+
+impl FromSettings for Losant {
+    const ABOUT: &'static str = "Losant dynamic registration: a registration JWT and a manufacturer id";
+    const SETTINGS: Declarations = config::SETTINGS;
+
+    fn resolve(r: &mut Resolver<'_>) -> Option<Losant> {
+        config::resolve(r).map(|settings| Losant { settings })
     }
 }
 
