@@ -176,3 +176,16 @@ pub fn journal_round_trip(dir: &std::path::Path, journal: &Journal) -> Result<Jo
         .ok_or_else(|| Error::internal("the journal just written is gone"))?;
     Ok(self::journal(pending, 0))
 }
+
+/// The settings of a run with `--root root` (where the config file and the
+/// device files are), `args` and an empty environment: the profile's name,
+/// or every problem found.
+pub fn settings_under_root(root: &std::path::Path, args: &[&str]) -> Result<&'static str, Error> {
+    let mut all = vec!["lmp-device-register".to_string(), "--root".into()];
+    all.push(root.display().to_string());
+    all.extend(args.iter().map(|arg| arg.to_string()));
+    let command_line = crate::cli::CommandLine::try_parse_from(&all)
+        .map_err(|e| Error::config(format!("the command line: {e}")))?;
+    crate::profiles::resolve(&command_line, &crate::config::Environment::default())
+        .map(|(_, profile)| profile.name())
+}
