@@ -461,3 +461,50 @@ pub fn journal(data: &[u8]) {
     assert_eq!(again.answer, loaded.answer);
     assert_eq!(again.skipped, 0);
 }
+
+/// Where the settings target's device tree is: a fixed path, so that
+/// seeds can point settings at its files (`/dev/shm/lmp-fuzz-root/etc/...`).
+pub const SETTINGS_ROOT: &str = "/dev/shm/lmp-fuzz-root";
+
+/// The device tree for the settings: an os-release, a tag, an API token
+/// file and an hsm file whose token and PINs are the marker. Written
+/// atomically, the same by every process.
+fn settings_root() -> &'static std::path::Path {
+    static ROOT: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    ROOT.get_or_init(|| {
+        use std::os::unix::fs::OpenOptionsExt;
+        let root = std::path::PathBuf::from(SETTINGS_ROOT);
+        std::fs::create_dir_all(root.join("etc/sota")).expect("etc/sota");
+        let files = [
+            ("etc/os-release", "ID=lmp\nLMP_FACTORY=demo-factory\nLMP_MACHINE=intel-corei7-64\n".to_string()),
+            ("etc/sota/tag", "main\n".to_string()),
+            ("etc/lmp-device-register-token", format!("{MARKER}-token\n")),
+            ("etc/sota/hsm", format!("HSM_MODULE=/usr/lib/softhsm/libsofthsm2.so\nHSM_PIN={MARKER}\nHSM_SOPIN={MARKER}-so\n")),
+        ];
+        for (path, text) in files {
+            let temporary = scratch_dir().join("device-file");
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create(true).truncate(true).mode(0o600);
+            let mut file = options.open(&temporary).expect("a device file");
+            std::io::Write::write_all(&mut file, text.as_bytes()).expect("written");
+            std::fs::rename(&temporary, root.join(path)).expect("in place");
+        }
+        root
+    })
+}
+
+/// The config file (`config/file.rs`) through the whole settings
+/// resolution, as a run with `--root` and `--config` does it: whatever the file says, the
+/// result is settings or a configuration error, and no error shows the API
+/// token or a PIN the device files hold, whichever file a setting is
+/// pointed at.
+pub fn config_file(data: &[u8]) {
+    let root = settings_root();
+    let config = scratch_dir().join("lmp-device-register.toml");
+    std::fs::write(&config, data).expect("the config file");
+    let config = config.display().to_string();
+    if let Err(error) = agent::settings_under_root(root, &["--config", &config]) {
+        assert_eq!(error.kind(), ErrorKind::Config, "{error}");
+        assert_no_marker(&error.to_string(), "an error");
+    }
+}

@@ -42,4 +42,5 @@ targets!(
     sysfs_mac,
     device_files,
     journal,
+    config_file,
 );
