@@ -3,6 +3,10 @@
 //! what the targets need. Each item is the agent's own function, re-exported,
 //! or a thin adapter where the agent's types are private to the crate, so
 //! that a target never runs a copy of the logic it checks.
+//!
+//! The shared parsers and the LmP profile's are here; each optional
+//! profile's are in its own folder (`profiles::NAME::fuzzing`), as
+//! everything of a profile is.
 
 pub use crate::config::{parse_hsm_file, parse_single_line};
 pub use crate::error::{Error, ErrorKind};
@@ -65,76 +69,6 @@ pub fn retry_after_refusal(policy: &RetryPolicy, retry_after: Option<Duration>) 
         std::task::Poll::Ready(Ok(())) => unreachable!("the request never succeeds"),
         std::task::Poll::Pending => panic!("the retry loop slept: give the policy max_attempts 1"),
     }
-}
-
-#[cfg(feature = "losant")]
-pub use crate::profiles::losant::api::{parse_credentials, Credentials};
-#[cfg(feature = "losant")]
-pub use crate::profiles::losant::jwt::{unverified_claims, Claims};
-#[cfg(feature = "losant")]
-pub use crate::profiles::losant::mac::{checked_address as sysfs_mac_address, InterfaceAddress};
-
-#[cfg(feature = "tii")]
-pub use crate::profiles::tii::config::NatsUrl;
-#[cfg(feature = "tii")]
-pub use crate::profiles::tii::nats::{interpret as tii_nats_result, NatsError, Registered};
-#[cfg(feature = "tii")]
-pub use crate::profiles::tii::provision::{validate as tii_provision, Provisioned};
-
-/// A device certificate the DPS profile accepted: `device.crt` as stored,
-/// and the chain (DER, leaf first).
-#[cfg(feature = "azure-dps")]
-#[derive(Debug)]
-pub struct DpsCertificate {
-    pub pem: String,
-    pub chain: Vec<Vec<u8>>,
-    pub leaf_pem: String,
-}
-
-#[cfg(feature = "azure-dps")]
-fn factory_ca(pem: Option<&str>) -> Option<crate::config::CaBundle> {
-    pem.map(|pem| crate::config::CaBundle {
-        path: "factory_ca.pem".into(),
-        certificates: crate::x509::require_certificates(pem).expect("a usable factory CA"),
-    })
-}
-
-#[cfg(feature = "azure-dps")]
-fn dps_certificate(cert: crate::profiles::azure_dps::factory::DeviceCertificate) -> DpsCertificate {
-    DpsCertificate {
-        leaf_pem: cert.leaf_pem(),
-        chain: cert.chain.iter().map(|der| der.to_vec()).collect(),
-        pem: cert.pem,
-    }
-}
-
-/// The factory's enrolment answer (201 body), checked as the DPS profile
-/// checks it; `factory_ca`: the PEM of the configured factory CA.
-#[cfg(feature = "azure-dps")]
-pub fn dps_factory_answer(
-    body: &[u8],
-    public_key: &[u8],
-    id: &str,
-    factory_ca_pem: Option<&str>,
-    now: ASN1Time,
-) -> Result<DpsCertificate, Error> {
-    let ca = factory_ca(factory_ca_pem);
-    crate::profiles::azure_dps::factory::validate(body, public_key, id, ca.as_ref(), now)
-        .map(dps_certificate)
-}
-
-/// `device.crt` as a later run checks it before registering with DPS.
-#[cfg(feature = "azure-dps")]
-pub fn dps_stored_certificate(
-    pem: &str,
-    public_key: &[u8],
-    id: &str,
-    factory_ca_pem: Option<&str>,
-    now: ASN1Time,
-) -> Result<DpsCertificate, String> {
-    let ca = factory_ca(factory_ca_pem);
-    crate::profiles::azure_dps::factory::check_chain(pem, public_key, id, ca.as_ref(), now)
-        .map(dps_certificate)
 }
 
 /// What the journal loader takes from a pending journal: the identity, the

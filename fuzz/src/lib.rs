@@ -17,6 +17,9 @@
 
 use lmp_device_register::fuzzing as agent;
 use lmp_device_register::fuzzing::{ASN1Time, ErrorKind};
+use lmp_device_register::profiles::azure_dps::fuzzing as azure_dps;
+use lmp_device_register::profiles::losant::fuzzing as losant;
+use lmp_device_register::profiles::tii::fuzzing as tii;
 use serde_json::{json, Value};
 use std::borrow::Cow;
 use std::time::{Duration, SystemTime};
@@ -149,15 +152,16 @@ fn same_toml_but_p11(server: &toml::Table, ours: &toml::Table, p11: &toml::Table
 /// which the next run checks again and must accept as the same chain.
 pub fn dps_factory(data: &[u8]) {
     for ca in [None, Some(DPS_FACTORY_CA)] {
-        let certificate = match agent::dps_factory_answer(data, DEVICE_KEY, DPS_ID, ca, now()) {
+        let certificate = match azure_dps::dps_factory_answer(data, DEVICE_KEY, DPS_ID, ca, now()) {
             Ok(certificate) => certificate,
             Err(error) => {
                 assert_bad_response(&error);
                 continue;
             }
         };
-        let stored = agent::dps_stored_certificate(&certificate.pem, DEVICE_KEY, DPS_ID, ca, now())
-            .unwrap_or_else(|e| panic!("device.crt as stored is refused: {e}"));
+        let stored =
+            azure_dps::dps_stored_certificate(&certificate.pem, DEVICE_KEY, DPS_ID, ca, now())
+                .unwrap_or_else(|e| panic!("device.crt as stored is refused: {e}"));
         assert_eq!(stored.chain, certificate.chain);
         assert_eq!(stored.pem, certificate.pem);
         let leaf = agent::pem_certificates(&certificate.leaf_pem).expect("the leaf's PEM");
@@ -171,7 +175,7 @@ pub fn dps_factory(data: &[u8]) {
 /// credentials file parses back to the same credentials.
 pub fn losant_credentials(data: &[u8]) {
     let data = plant(data);
-    let (credentials, _ignored) = match agent::parse_credentials(&data) {
+    let (credentials, _ignored) = match losant::parse_credentials(&data) {
         Ok(parsed) => parsed,
         Err(why) => return assert_no_marker(&why, "an error"),
     };
@@ -180,7 +184,7 @@ pub fn losant_credentials(data: &[u8]) {
     }
     let file = credentials.file_contents();
     let (again, ignored) =
-        agent::parse_credentials(file.expose().as_bytes()).expect("the credentials file parses");
+        losant::parse_credentials(file.expose().as_bytes()).expect("the credentials file parses");
     assert!(ignored.is_empty());
     assert_eq!(again.device_id, credentials.device_id);
     assert_eq!(again.access_key, credentials.access_key);
@@ -210,7 +214,7 @@ pub fn losant_jwt(data: &[u8]) {
         let signature = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
         format!("{header}.{payload}.{signature}")
     };
-    match agent::unverified_claims(&token) {
+    match losant::unverified_claims(&token) {
         Ok(claims) => {
             for claim in [&claims.url, &claims.iss].into_iter().flatten() {
                 assert!(!claim.is_empty() && claim.trim() == claim, "{claim:?}");
@@ -224,7 +228,7 @@ pub fn losant_jwt(data: &[u8]) {
 /// agent stores (`device.crt`, `ca.crt`) and the NATS URL it reports, sent
 /// back as an answer, are accepted again as the same thing.
 pub fn tii_provision(data: &[u8]) {
-    let provisioned = match agent::tii_provision(data, DEVICE_KEY, TII_ID, now()) {
+    let provisioned = match tii::tii_provision(data, DEVICE_KEY, TII_ID, now()) {
         Ok(provisioned) => provisioned,
         Err(error) => return assert_bad_response(&error),
     };
@@ -235,7 +239,7 @@ pub fn tii_provision(data: &[u8]) {
     if let Some(url) = &provisioned.nats_url {
         resent["fleetManagementNatsUrl"] = Value::String(url.to_string());
     }
-    let again = agent::tii_provision(resent.to_string().as_bytes(), DEVICE_KEY, TII_ID, now())
+    let again = tii::tii_provision(resent.to_string().as_bytes(), DEVICE_KEY, TII_ID, now())
         .unwrap_or_else(|e| panic!("the stored certificates are refused: {e}"));
     assert_eq!(again.chain, provisioned.chain);
     assert_eq!(again.roots, provisioned.roots);
@@ -251,7 +255,7 @@ pub fn tii_provision(data: &[u8]) {
 /// `registration.json`, which must parse back to the same value.
 pub fn tii_nats(data: &[u8]) {
     let data = plant(data);
-    match agent::tii_nats_result(&data) {
+    match tii::tii_nats_result(&data) {
         Ok(registered) => {
             let stored = serde_json::to_string_pretty(&registered.payload).expect("JSON");
             let again: Value = serde_json::from_str(&stored).expect("registration.json parses");
@@ -319,7 +323,7 @@ pub fn sysfs_mac(data: &[u8]) {
         .next()
         .map(|t| String::from_utf8_lossy(t).trim().to_string());
     let path = std::path::Path::new("/sys/class/net/eth0/address");
-    let Ok(checked) = agent::sysfs_mac_address("eth0", path, &address, assign_type.as_deref())
+    let Ok(checked) = losant::sysfs_mac_address("eth0", path, &address, assign_type.as_deref())
     else {
         return;
     };
@@ -331,7 +335,7 @@ pub fn sysfs_mac(data: &[u8]) {
         "{mac:?}"
     );
     assert_ne!(mac, "00:00:00:00:00:00");
-    let again = agent::sysfs_mac_address("eth0", path, mac, None).expect("the address again");
+    let again = losant::sysfs_mac_address("eth0", path, mac, None).expect("the address again");
     assert_eq!(&again.mac, mac);
     let not_the_cards = matches!(assign_type.as_deref(), Some("2" | "3"));
     assert_eq!(checked.warning.is_some(), not_the_cards);

@@ -12,6 +12,8 @@
 pub(crate) mod config;
 pub(crate) mod dps;
 pub(crate) mod factory;
+#[doc(hidden)]
+pub mod fuzzing;
 mod status;
 
 use super::{report_fields, StateLocation, Answer, Answers, Backend, Enrolment, FromSettings, StepOutcome, StoredFile};
