@@ -61,7 +61,7 @@ fn the_example_profile_is_what_the_guide_shows() {
 /// The agent with the example profile, against a loopback double.
 #[cfg(feature = "example")]
 mod registers {
-    use std::io::{BufRead, BufReader, Read, Write};
+    use std::io::{BufRead, BufReader, Write};
     use std::net::TcpListener;
     use std::os::unix::fs::PermissionsExt;
     use std::path::Path;
