@@ -141,7 +141,7 @@ pub(crate) fn state_locations(
 ) -> Result<Vec<(&'static str, StateLocation)>> {
     let mut found = Vec::new();
     for registration in REGISTERED {
-        let mut r = Resolver::new(command_line, env, ALL_NAMES)?;
+        let mut r = Resolver::new(command_line, env, &all_names())?;
         r.enter_table(registration.name, registration.settings);
         if let Some(location) = (registration.locate)(&mut r) {
             found.push((registration.name, location));

@@ -3,7 +3,8 @@
 //! in `device.json`. Images never build it (cargo feature `example`).
 
 use super::{
-    report_fields, Answer, Answers, Backend, Enrolment, FromSettings, StepOutcome, StoredFile,
+    report_fields, Answer, Answers, Backend, Enrolment, FromSettings, StateLocation, StepOutcome,
+    StoredFile,
 };
 use crate::config::{
     long, parse_url, CaBundle, Common, Declarations, Resolver, Setting, Source, CACERT,
@@ -78,6 +79,11 @@ impl FromSettings for Example {
             state_dir: state_dir?,
             cacert,
         })
+    }
+
+    /// For `--status`: where the state is, whatever else is configured.
+    fn locate(r: &mut Resolver<'_>) -> Option<StateLocation> {
+        Some(StateLocation::new(r.get(&STATE_DIR)?, &[DEVICE_FILE]))
     }
 }
 
