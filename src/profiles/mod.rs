@@ -70,6 +70,8 @@ macro_rules! declare_profiles {
                 settings: <$module::$type as FromSettings>::SETTINGS,
                 resolve: |r| <$module::$type as FromSettings>::resolve(r).map(Profile::$type),
                 locate: <$module::$type as FromSettings>::locate,
+                registration: <$module::$type as FromSettings>::registration,
+                partway: <$module::$type as FromSettings>::partway,
             }, )*
         ];
 
@@ -115,6 +117,13 @@ pub(crate) trait FromSettings: Backend + Sized {
     /// profile's state whatever else is configured. `None` when the
     /// configured place is unusable.
     fn locate(r: &mut Resolver<'_>) -> Option<StateLocation>;
+    /// What its state dir records about a registration (`--status`).
+    fn registration(location: &StateLocation) -> crate::status::Registration;
+    /// A registration part of the way without a pending identity (a stage
+    /// the profile stores on its own): the device's id and what is done.
+    fn partway(_dir: &Path) -> Option<(String, &'static str)> {
+        None
+    }
 }
 
 /// Where a profile keeps its state.
@@ -168,6 +177,8 @@ pub(crate) struct Registration {
     pub settings: Declarations,
     resolve: fn(&mut Resolver<'_>) -> Option<Profile>,
     locate: fn(&mut Resolver<'_>) -> Option<StateLocation>,
+    pub registration: fn(&StateLocation) -> crate::status::Registration,
+    pub partway: fn(&Path) -> Option<(String, &'static str)>,
 }
 
 /// The profile of this build called `name`, or why there is none.
