@@ -214,6 +214,18 @@ mod registers {
             "{stderr}"
         );
         assert_eq!(service.requests().len(), 1);
+
+        // --status reads what the profile stored.
+        let (code, json, stderr) = registering(&["--status"]);
+        assert_eq!(code, 0, "{stderr}");
+        let profiles = json["profiles"].as_array().unwrap();
+        let example = profiles.iter().find(|p| p["profile"] == "example").unwrap();
+        assert_eq!(example["state"], "registered", "{json}");
+        assert_eq!(
+            (&example["id"], &example["name"]),
+            (&"dev-1".into(), &"board-7".into()),
+            "{json}"
+        );
     }
 
     #[test]

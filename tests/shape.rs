@@ -351,22 +351,12 @@ fn mentions(text: &str, module: &str, feature: &str) -> Vec<String> {
 /// mention.
 const DEAD_CODE_ATTRIBUTE: &str = "allow(dead_code)";
 
-/// Files outside a profile's folder that still name it, (file, profile),
-/// while that code moves into the profile. Like [`BEING_SHORTENED`], the
-/// list only shrinks: an entry whose file no longer names the profile fails.
-const BEING_MOVED: &[(&str, &str)] = &[
-    ("src/status.rs", "losant"),
-    ("src/status.rs", "tii"),
-    ("src/status.rs", "azure-dps"),
-];
-
 #[test]
 fn a_profile_is_its_folder_and_one_registration_line() {
     let mut files = Vec::new();
     rust_files(&repo().join("src"), &mut files);
     let registry = repo().join("src/profiles/mod.rs");
     let mut wrong = Vec::new();
-    let mut moving = Vec::new();
     for (module, feature) in [
         ("losant", "losant"),
         ("tii", "tii"),
@@ -386,25 +376,16 @@ fn a_profile_is_its_folder_and_one_registration_line() {
                     && [",", " in tests,"]
                         .iter()
                         .any(|end| line == format!("{line_of_it}{end}"));
-                let listed = BEING_MOVED.contains(&(relative.as_str(), feature));
                 if registration {
                     continue;
-                } else if line.contains(DEAD_CODE_ATTRIBUTE) || listed {
-                    println!("{feature}: {relative}: {line} (being moved)");
-                    moving.push((relative.clone(), feature));
+                } else if line.contains(DEAD_CODE_ATTRIBUTE) {
+                    println!("{feature}: {relative}: {line} (being replaced)");
                 } else {
                     wrong.push(format!(
                         "{relative} names the {feature} profile outside src/profiles/{module}/ and its registration line: {line}"
                     ));
                 }
             }
-        }
-    }
-    for (file, feature) in BEING_MOVED {
-        if !moving.iter().any(|(f, p)| f == file && p == feature) {
-            wrong.push(format!(
-                "{file} no longer names the {feature} profile: delete it from BEING_MOVED in tests/shape.rs"
-            ));
         }
     }
     assert!(wrong.is_empty(), "{wrong:#?}");

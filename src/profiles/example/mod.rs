@@ -7,12 +7,14 @@ use super::{
     StoredFile,
 };
 use crate::config::{
-    long, parse_url, CaBundle, Common, Declarations, Resolver, Setting, Source, CACERT,
+    long, parse_url, read_optional, CaBundle, Common, Declarations, Resolver, Setting, Source,
+    CACERT,
 };
 use crate::error::{Error, ErrorKind, Result};
 use crate::http::{self, HttpError};
 use crate::keys::{pkcs11::Token, KeySpec};
 use crate::retry::retry;
+use crate::status::Registration;
 use crate::store::PUBLIC_MODE;
 use serde_json::{json, Map, Value};
 use std::path::{Path, PathBuf};
@@ -84,6 +86,25 @@ impl FromSettings for Example {
     /// For `--status`: where the state is, whatever else is configured.
     fn locate(r: &mut Resolver<'_>) -> Option<StateLocation> {
         Some(StateLocation::new(r.get(&STATE_DIR)?, &[DEVICE_FILE]))
+    }
+
+    /// For `--status`: what `device.json` says.
+    fn registration(location: &StateLocation) -> Registration {
+        let stored = read_optional(&location.dir.join(DEVICE_FILE))
+            .ok()
+            .flatten();
+        let stored: Value = stored
+            .and_then(|text| serde_json::from_str(&text).ok())
+            .unwrap_or_default();
+        let text = |key: &str| stored[key].as_str().map(str::to_string);
+        Registration {
+            id: text("deviceId"),
+            name: text("name"),
+            factory: None,
+            hub: None,
+            certificate: None,
+            key: None,
+        }
     }
 }
 
