@@ -150,18 +150,21 @@ impl RetryPolicy {
     /// The delay before the next attempt, after a `streak` of failures of
     /// the same kind: a server's floor plus full jitter, anywhere between
     /// zero and the ceiling; or, for "not yet", the server's pace stretched
-    /// by at most [`PACE_JITTER_PERCENT`].
+    /// by at most [`PACE_JITTER_PERCENT`]. Saturating: a server may ask for
+    /// any number of seconds, up to `u64::MAX`, and is then given up on
+    /// (deadline).
     pub fn delay(&self, again: Again, streak: Streak, rng: &mut fastrand::Rng) -> Duration {
         let mut jitter =
             |ceiling: Duration| Duration::from_millis(rng.u64(0..=ceiling.as_millis() as u64));
         match again {
             Again::Backoff(floor) => {
-                floor.unwrap_or(Duration::ZERO) + jitter(self.ceiling(self.refused, streak))
+                let jitter = jitter(self.ceiling(self.refused, streak));
+                floor.unwrap_or(Duration::ZERO).saturating_add(jitter)
             }
             Again::Unreachable => jitter(self.ceiling(self.unreachable, streak)),
             Again::NotYet(pace) => {
                 let pace = pace.unwrap_or(DEFAULT_PACE);
-                pace + jitter(pace * PACE_JITTER_PERCENT as u32 / 100)
+                pace.saturating_add(jitter(pace / 100 * PACE_JITTER_PERCENT as u32))
             }
         }
     }
@@ -350,6 +353,22 @@ mod tests {
         Streak {
             n,
             age: Duration::ZERO,
+        }
+    }
+
+    #[test]
+    fn the_largest_retry_after_does_not_overflow() {
+        // Found by fuzzing: `Retry-After: 18446744073709551615` panicked
+        // ("overflow when adding durations") in the retry loop.
+        let mut rng = fastrand::Rng::with_seed(1);
+        let policy = RetryPolicy::boot();
+        for n in 1..=40 {
+            for again in [
+                Again::Backoff(Some(Duration::MAX)),
+                Again::NotYet(Some(Duration::MAX)),
+            ] {
+                assert_eq!(policy.delay(again, nth(n), &mut rng), Duration::MAX);
+            }
         }
     }
 
