@@ -48,6 +48,9 @@ impl Watch {
     /// `None` where the kernel or a sandbox refuses a netlink socket: the
     /// retries then sleep out their backoff.
     pub(super) fn open() -> Option<Watch> {
+        // Outside a runtime (the retry loop polled by hand, as the fuzzing
+        // module does) there is no reactor to register with.
+        tokio::runtime::Handle::try_current().ok()?;
         let opened = socket::socket(
             AddressFamily::Netlink,
             socket::SockType::Raw,
