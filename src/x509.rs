@@ -21,10 +21,9 @@ pub fn pem_certificates(text: &str) -> Result<Vec<CertificateDer<'static>>, Stri
     Ok(ders)
 }
 
-/// Certificates as PEM text, one block after the other (LF line ends).
-// The profiles that store or import certificates re-encoded need it;
-// an LmP-only build has none of them.
-#[cfg_attr(not(any(feature = "tii", feature = "azure-dps")), allow(dead_code))]
+/// Certificates as PEM text, one block after the other (LF line ends), for
+/// the profiles that store certificates re-encoded.
+#[cfg(feature = "mutual-tls")]
 pub fn to_pem(ders: &[CertificateDer<'_>]) -> String {
     let config = ::pem::EncodeConfig::new().set_line_ending(::pem::LineEnding::LF);
     ders.iter()
@@ -51,6 +50,35 @@ pub fn parse(der: &[u8]) -> Result<X509Certificate<'_>, String> {
 
 pub fn subject(der: &[u8]) -> String {
     parse(der).map_or_else(|e| e, |c| c.subject().to_string())
+}
+
+/// What a person asks of a certificate: who, issued by whom, valid until.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    pub subject: String,
+    pub issuer: String,
+    /// The first organisational unit of the subject (LmP's factory).
+    pub organizational_unit: Option<String>,
+    pub common_name: Option<String>,
+    pub not_after: std::time::SystemTime,
+}
+
+pub fn summary(der: &[u8]) -> Result<Summary, String> {
+    let cert = parse(der)?;
+    fn first<'a>(
+        mut values: impl Iterator<Item = &'a AttributeTypeAndValue<'a>>,
+    ) -> Option<String> {
+        Some(values.next()?.as_str().ok()?.to_string())
+    }
+    let not_after = cert.validity().not_after.timestamp();
+    Ok(Summary {
+        subject: cert.subject().to_string(),
+        issuer: cert.issuer().to_string(),
+        organizational_unit: first(cert.subject().iter_organizational_unit()),
+        common_name: first(cert.subject().iter_common_name()),
+        not_after: std::time::UNIX_EPOCH
+            + std::time::Duration::from_secs(u64::try_from(not_after).unwrap_or(0)),
+    })
 }
 
 /// The first common name of the subject.
@@ -146,6 +174,7 @@ mod tests {
         let text = format!("{}{}", leaf.pem(), root.pem());
         let ders = require_certificates(&text).unwrap();
         assert_eq!(ders.len(), 2);
+        #[cfg(feature = "mutual-tls")]
         assert_eq!(to_pem(&ders), text);
         assert_eq!(common_name(&ders[0]).as_deref(), Some("device-1"));
         assert!(certifies_key(&ders[0], leaf_key.der_bytes()));

@@ -1,10 +1,10 @@
 complete -c lmp-device-register -s T -l api-token -d 'API token (visible to every local user in the process list; prefer --api-token-file)' -r
 complete -c lmp-device-register -l api-token-file -d 'File holding the API token [env: TOKEN_FILE] [config: token_file (absolute path)] [default: /etc/lmp-device-register-token, else the OAuth device flow (on a terminal) when that file does not exist]' -r -F
 complete -c lmp-device-register -s H -l api-token-header -d 'HTTP header that carries the API token [config: token_header] [default: OSF-TOKEN]' -r
-complete -c lmp-device-register -s f -l factory -d 'Factory name [env: DEVICE_FACTORY] [config: factory] [default: LMP_FACTORY in /etc/os-release]' -r
+complete -c lmp-device-register -s f -l factory -d 'Factory name ("lmp", what an image without one says, is refused) [env: DEVICE_FACTORY] [config: factory] [default: LMP_FACTORY in /etc/os-release]' -r
 complete -c lmp-device-register -s t -l tags -d 'Only apply updates from Targets with these tags [config: tags] [default: /etc/sota/tag, else LMP_FACTORY_TAG in /etc/os-release]' -r
 complete -c lmp-device-register -s i -l hwid -d 'Hardware id of the device type (the Yocto MACHINE) [config: hardware_id] [default: HARDWARE_ID at build time, else LMP_MACHINE in /etc/os-release]' -r
-complete -c lmp-device-register -s u -l uuid -d 'Device UUID [default: from the PKCS#11 slot description, else a random v4 UUID]' -r
+complete -c lmp-device-register -s u -l uuid -d 'Device UUID, in 8-4-4-4-12 hex form unless --validate-uuid 0 [default: from the PKCS#11 slot description, else a random v4 UUID]' -r
 complete -c lmp-device-register -s v -l validate-uuid -d 'Refuse a UUID that is not in 8-4-4-4-12 hex form [default: true]' -r
 complete -c lmp-device-register -s n -l name -d 'Device name shown in the dashboard [config: name] [default: /etc/hostname, when USE_HOSTNAME is on, else the UUID]' -r
 complete -c lmp-device-register -s g -l device-group -d 'Put the device into this device group [config: group] [default: none]' -r
@@ -30,6 +30,7 @@ complete -c lmp-device-register -l retry-deadline -d 'Stop retrying network fail
 complete -c lmp-device-register -l request-timeout -d 'Give up on one HTTP request after this many seconds' -r
 complete -c lmp-device-register -l verbose -d 'Also log debug lines (or set RUST_LOG=debug; -v is --validate-uuid, as in the C++ tool)'
 complete -c lmp-device-register -l json -d 'Print one JSON object with the result on stdout'
+complete -c lmp-device-register -l status -d 'Show what this device is registered as, for every profile with a state dir, and exit; reads only'
 complete -c lmp-device-register -l boot -d 'First-boot mode for the systemd unit: an existing registration is success, and network failures are retried until the deadline'
 complete -c lmp-device-register -s h -l help -d 'Print help'
 complete -c lmp-device-register -s V -l version -d 'Print version'

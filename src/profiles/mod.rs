@@ -58,6 +58,9 @@ macro_rules! declare_profiles {
                 about: <$module::$type as FromSettings>::ABOUT,
                 settings: <$module::$type as FromSettings>::SETTINGS,
                 resolve: |r| <$module::$type as FromSettings>::resolve(r).map(Profile::$type),
+                locate: <$module::$type as FromSettings>::locate,
+                registration: <$module::$type as FromSettings>::registration,
+                partway: <$module::$type as FromSettings>::partway,
             }, )*
         ];
 
@@ -99,6 +102,50 @@ pub(crate) trait FromSettings: Backend + Sized {
     /// Its settings, resolved and checked: `None` when one is missing or
     /// wrong (the resolver has the problems).
     fn resolve(r: &mut Resolver<'_>) -> Option<Self>;
+    /// Where its state lives, resolved alone: `--status` reads every
+    /// profile's state whatever else is configured. `None` when the
+    /// configured place is unusable.
+    fn locate(r: &mut Resolver<'_>) -> Option<StateLocation>;
+    /// What its state dir records about a registration (`--status`).
+    fn registration(location: &StateLocation) -> crate::status::Registration;
+    /// A registration part of the way without a pending identity (a stage
+    /// the profile stores on its own): the device's id and what is done.
+    fn partway(_dir: &Path) -> Option<(String, &'static str)> {
+        None
+    }
+}
+
+/// Where a profile keeps its state.
+pub(crate) struct StateLocation {
+    pub dir: std::path::PathBuf,
+    /// Files whose presence means "registered" ([`Backend::markers`]).
+    pub markers: Vec<String>,
+}
+
+impl StateLocation {
+    pub fn new(dir: std::path::PathBuf, markers: &[&str]) -> StateLocation {
+        StateLocation {
+            dir,
+            markers: markers.iter().map(|m| m.to_string()).collect(),
+        }
+    }
+}
+
+/// Every profile of this build and where its state lives (when that can
+/// be told), in the order of [`for_each_profile!`].
+pub(crate) fn state_locations(
+    command_line: &CommandLine,
+    env: &Environment,
+) -> Result<Vec<(&'static str, StateLocation)>> {
+    let mut found = Vec::new();
+    for registration in REGISTERED {
+        let mut r = Resolver::new(command_line, env, ALL_NAMES)?;
+        r.enter_table(registration.name, registration.settings);
+        if let Some(location) = (registration.locate)(&mut r) {
+            found.push((registration.name, location));
+        }
+    }
+    Ok(found)
 }
 
 /// A profile of this build, as `--profile` and the docs know it.
@@ -107,6 +154,9 @@ pub(crate) struct Registration {
     pub about: &'static str,
     pub settings: Declarations,
     resolve: fn(&mut Resolver<'_>) -> Option<Profile>,
+    locate: fn(&mut Resolver<'_>) -> Option<StateLocation>,
+    pub registration: fn(&StateLocation) -> crate::status::Registration,
+    pub partway: fn(&Path) -> Option<(String, &'static str)>,
 }
 
 /// The profile of this build called `name`, or why there is none.
@@ -218,6 +268,31 @@ pub(crate) fn declared_flags() -> Vec<clap::Arg> {
         args.extend(crate::cli::declared_arg(setting));
     }
     args
+}
+
+/// The environment variables the settings read, each with what it sets
+/// and for which profile, for the man page.
+pub fn environment_variables() -> Vec<(&'static str, String)> {
+    let mut variables: Vec<(&'static str, String)> = Vec::new();
+    let scoped = REGISTERED
+        .iter()
+        .map(|p| (p.settings, p.name))
+        .chain([(SHARED, "every profile")]);
+    for (settings, scope) in scoped {
+        for setting in settings {
+            for source in setting.sources() {
+                if let Source::Env(var) = source {
+                    let help = setting.help().trim_end_matches('.');
+                    let words = match setting.switch() {
+                        true => ": 1/true/yes/on or 0/false/no/off",
+                        false => "",
+                    };
+                    variables.push((var, format!("{help}{words} ({scope})")));
+                }
+            }
+        }
+    }
+    variables
 }
 
 /// The settings tables of `docs/configuration.md`, made from the

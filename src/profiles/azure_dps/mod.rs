@@ -12,8 +12,9 @@
 pub(crate) mod config;
 pub(crate) mod dps;
 pub(crate) mod factory;
+mod status;
 
-use super::{report_fields, Answer, Answers, Backend, Enrolment, FromSettings, StepOutcome, StoredFile};
+use super::{report_fields, StateLocation, Answer, Answers, Backend, Enrolment, FromSettings, StepOutcome, StoredFile};
 use crate::config::{Common, Declarations, Resolver};
 use crate::csr::{build_csr_pem, CsrSubject};
 use crate::error::{Error, ErrorKind, Result};
@@ -39,6 +40,7 @@ pub(crate) const TOKEN_LAYOUT: TokenLayout = TokenLayout {
     key_id: "01",
     cert_label: "device",
     cert_id: "02",
+    derive_needed_by: None,
 };
 
 pub(crate) const KEY_FILE: &str = "device.key";
@@ -208,8 +210,21 @@ impl FromSettings for AzureDps {
     const ABOUT: &'static str = "Azure IoT Hub Device Provisioning Service: a certificate from the factory, then DPS with it";
     const SETTINGS: Declarations = config::SETTINGS;
 
+    fn registration(location: &StateLocation) -> crate::status::Registration {
+        status::registration(&location.dir)
+    }
+
+    fn partway(dir: &Path) -> Option<(String, &'static str)> {
+        status::partway(dir)
+    }
+
     fn resolve(r: &mut Resolver<'_>) -> Option<AzureDps> {
         config::resolve(r).map(|settings| AzureDps { settings })
+    }
+
+    fn locate(r: &mut Resolver<'_>) -> Option<super::StateLocation> {
+        let dir = config::state_dir(r)?;
+        Some(super::StateLocation::new(dir, &[ASSIGNMENT_FILE]))
     }
 }
 

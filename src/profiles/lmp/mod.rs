@@ -9,8 +9,9 @@ pub(crate) mod config;
 pub(crate) mod hooks;
 pub mod oauth;
 pub(crate) mod p11;
+mod status;
 
-use super::{report_fields, Answer, Answers, Backend, Enrolment, FromSettings, StepOutcome, StoredFile};
+use super::{report_fields, StateLocation, Answer, Answers, Backend, Enrolment, FromSettings, StepOutcome, StoredFile};
 use crate::config::{Common, Declarations, Resolver};
 use crate::csr::{build_csr_pem, CsrSubject};
 use crate::error::{Error, ErrorKind, Result};
@@ -33,13 +34,15 @@ pub(crate) const TOKEN_LAYOUT: TokenLayout = TokenLayout {
     key_id: "01",
     cert_label: "client",
     cert_id: "03",
+    // fioconfig decrypts the device configuration with ECDH through the token.
+    derive_needed_by: Some("fioconfig"),
 };
 
 pub(crate) const PRIVATE_KEY: &str = "pkey.pem";
 
 /// Files whose presence means "registered", as the C++ tool decides it:
 /// aktualizr-lite creates `sql.db` on its first run.
-const REGISTERED_MARKERS: &[&str] = &["sql.db", answer::CLIENT_CERT];
+pub(crate) const REGISTERED_MARKERS: &[&str] = &["sql.db", answer::CLIENT_CERT];
 
 pub(crate) struct Lmp {
     settings: LmpSettings,
@@ -177,8 +180,17 @@ impl FromSettings for Lmp {
     const ABOUT: &'static str = "Linux microPlatform: the factory registration API, then fioconfig";
     const SETTINGS: Declarations = config::SETTINGS;
 
+    fn registration(location: &StateLocation) -> crate::status::Registration {
+        status::registration(&location.dir)
+    }
+
     fn resolve(r: &mut Resolver<'_>) -> Option<Lmp> {
         config::resolve(r).map(|settings| Lmp { settings })
+    }
+
+    fn locate(r: &mut Resolver<'_>) -> Option<super::StateLocation> {
+        let dir = config::sota_dir(r)?;
+        Some(super::StateLocation::new(dir, REGISTERED_MARKERS))
     }
 }
 

@@ -36,7 +36,7 @@ const TOKEN_FILE: Setting<PathBuf> = Setting::new(
 
 const URL: Setting<String> = Setting::new(
     "Losant registration URL",
-    "The application's registration endpoint",
+    "The application's registration endpoint: https://, or http:// to this machine or with allow_http",
     &[
         Key("url"),
         Source::Given("the `url` claim of the registration token"),
@@ -297,6 +297,12 @@ pub fn resolve(r: &mut Resolver<'_>) -> Option<LosantSettings> {
         credentials_name,
         cacert,
     })
+}
+
+/// The credentials file's directory (the state dir) and name alone (for
+/// `--status`).
+pub(crate) fn credentials(r: &mut Resolver<'_>) -> Option<(PathBuf, String)> {
+    r.get(&CREDENTIALS)
 }
 
 #[cfg(test)]

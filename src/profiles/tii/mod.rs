@@ -6,8 +6,9 @@
 pub(crate) mod config;
 pub(crate) mod nats;
 pub(crate) mod provision;
+mod status;
 
-use super::{report_fields, Answer, Answers, Backend, Enrolment, FromSettings, StepOutcome, StoredFile};
+use super::{report_fields, StateLocation, Answer, Answers, Backend, Enrolment, FromSettings, StepOutcome, StoredFile};
 use crate::config::{CaBundle, Common, Declarations, Resolver};
 use crate::csr::{build_csr_pem, CsrSubject};
 use crate::error::{Error, ErrorKind, Result};
@@ -31,6 +32,7 @@ pub const TOKEN_LAYOUT: TokenLayout = TokenLayout {
     key_id: "01",
     cert_label: "device",
     cert_id: "03",
+    derive_needed_by: None,
 };
 
 pub const PRIVATE_KEY: &str = "device.key";
@@ -41,7 +43,7 @@ pub const CA_CERT: &str = "ca.crt";
 /// The fleet manager's result payload; its presence means "registered".
 pub const REGISTRATION: &str = "registration.json";
 
-const REGISTERED_MARKERS: &[&str] = &[REGISTRATION];
+pub(crate) const REGISTERED_MARKERS: &[&str] = &[REGISTRATION];
 
 pub(crate) struct Tii {
     settings: TiiSettings,
@@ -253,8 +255,17 @@ impl FromSettings for Tii {
     const ABOUT: &'static str = "TII fleet management: a provisioning server signs the CSR, then NATS registration over mutual TLS";
     const SETTINGS: Declarations = config::SETTINGS;
 
+    fn registration(location: &StateLocation) -> crate::status::Registration {
+        status::registration(&location.dir)
+    }
+
     fn resolve(r: &mut Resolver<'_>) -> Option<Tii> {
         config::resolve(r).map(|settings| Tii { settings })
+    }
+
+    fn locate(r: &mut Resolver<'_>) -> Option<super::StateLocation> {
+        let dir = config::state_dir(r)?;
+        Some(super::StateLocation::new(dir, REGISTERED_MARKERS))
     }
 }
 
