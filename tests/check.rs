@@ -48,7 +48,11 @@ impl Checked {
             assert!(!line["hint"].as_str().unwrap().is_empty(), "{line}");
         }
         // The text has the line too, with the same status.
-        let word = if status == "pass" { "pass".to_string() } else { status.to_uppercase() };
+        let word = if status == "pass" {
+            "pass".to_string()
+        } else {
+            status.to_uppercase()
+        };
         let check = line["check"].as_str().unwrap();
         let start = format!("{word}  {area:<12} {check}: ");
         assert!(self.text.contains(&start), "no {start:?} in\n{}", self.text);
@@ -258,9 +262,18 @@ fn a_registered_token_key_matches_and_a_wrong_pin_is_tried_once_only() {
     checked.expect("token", "user PIN", "pass", "one login");
     checked.expect("token", "key", "pass", "present");
     checked.expect("registration", "state", "pass", "registered as");
-    checked.expect("registration", "certificate and key", "pass", "the device's key");
+    checked.expect(
+        "registration",
+        "certificate and key",
+        "pass",
+        "the device's key",
+    );
     assert_eq!(logins(&log), 2, "one login per run (text and --json)");
-    assert_eq!(token_objects(&fixture), before, "the token's objects changed");
+    assert_eq!(
+        token_objects(&fixture),
+        before,
+        "the token's objects changed"
+    );
 
     fixture.write_hsm_file(Some(SPY), Some("9999-wrong-pin"), Some(SO_PIN));
     std::fs::remove_file(&log).unwrap();
@@ -274,13 +287,27 @@ fn a_registered_token_key_matches_and_a_wrong_pin_is_tried_once_only() {
         wrong.text
     );
     wrong.expect("token", "user PIN", "fail", "not tried");
-    wrong.expect("registration", "certificate and key", "warn", "not compared");
-    assert_eq!(logins(&log), 1, "{}", std::fs::read_to_string(&log).unwrap());
+    wrong.expect(
+        "registration",
+        "certificate and key",
+        "warn",
+        "not compared",
+    );
+    assert_eq!(
+        logins(&log),
+        1,
+        "{}",
+        std::fs::read_to_string(&log).unwrap()
+    );
     let again = check_in(&fixture, &[], true, &root);
     let line = again.expect("token", "user PIN", "fail", "not tried");
     assert!(line["hint"].as_str().unwrap().contains("HSM_PIN"));
     assert_eq!(logins(&log), 1, "a PIN that failed is never tried again");
-    assert_eq!(token_objects(&fixture), before, "the token's objects changed");
+    assert_eq!(
+        token_objects(&fixture),
+        before,
+        "the token's objects changed"
+    );
 }
 
 #[test]
