@@ -5,10 +5,12 @@
 
 mod der;
 mod probe;
+#[cfg(feature = "mutual-tls")]
 mod signer;
 mod token;
 
 pub use probe::TokenSlot;
+#[cfg(feature = "mutual-tls")]
 pub use signer::TlsSigner;
 pub use token::{Token, TokenKey};
 
