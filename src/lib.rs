@@ -10,6 +10,8 @@ pub mod config;
 pub(crate) mod csr;
 pub mod error;
 pub(crate) mod flow;
+#[doc(hidden)]
+pub mod fuzzing;
 pub(crate) mod http;
 pub(crate) mod identity;
 pub(crate) mod keys;
