@@ -23,7 +23,8 @@ use std::path::Path;
 
 /// Every profile, one line each: its name (which is also its table in the
 /// config file and, for all but lmp, its cargo feature) and its type, in
-/// its module of the same name.
+/// its module of the same name. A line that ends in `in tests` is a profile
+/// only tests build: builds without it do not know its name.
 macro_rules! for_each_profile {
     ($then:ident ! $args:tt) => {
         $then! { $args
@@ -31,13 +32,24 @@ macro_rules! for_each_profile {
             #[cfg(feature = "losant")] "losant" => losant::Losant,
             #[cfg(feature = "tii")] "tii" => tii::Tii,
             #[cfg(feature = "azure-dps")] "azure-dps" => azure_dps::AzureDps,
+            #[cfg(feature = "example")] "example" => example::Example in tests,
         }
+    };
+}
+
+/// Whether images may have a profile: all but those only tests build.
+macro_rules! shipped {
+    () => {
+        true
+    };
+    (tests) => {
+        false
     };
 }
 
 /// The modules, the [`Profile`] enum and the [`REGISTERED`] list.
 macro_rules! declare_profiles {
-    ([] $( $(#[$cfg:meta])* $name:literal => $module:ident :: $type:ident, )*) => {
+    ([] $( $(#[$cfg:meta])* $name:literal => $module:ident :: $type:ident $(in $only:ident)?, )*) => {
         $( $(#[$cfg])* pub mod $module; )*
 
         /// The profile this run registers with.
@@ -47,9 +59,8 @@ macro_rules! declare_profiles {
             $( $(#[$cfg])* $type($module::$type), )*
         }
 
-        /// Every profile name, including those a smaller build leaves out,
-        /// so that a config file written for a full build still reads.
-        pub const ALL_NAMES: &[&str] = &[$($name),*];
+        /// Every profile name and whether images may have it.
+        const ALL: &[(&str, bool)] = &[$( ($name, shipped!($($only)?)) ),*];
 
         /// The profiles of this build.
         pub(crate) const REGISTERED: &[Registration] = &[
@@ -79,7 +90,7 @@ for_each_profile!(declare_profiles![]);
 /// The arms of [`dispatch!`].
 macro_rules! dispatch_arms {
     ([$self:expr, $profile:ident => $body:expr]
-     $( $(#[$cfg:meta])* $name:literal => $module:ident :: $type:ident, )*) => {
+     $( $(#[$cfg:meta])* $name:literal => $module:ident :: $type:ident $(in $only:ident)?, )*) => {
         match $self {
             $( $(#[$cfg])* Profile::$type($profile) => $body, )*
         }
@@ -139,13 +150,24 @@ pub(crate) fn state_locations(
 ) -> Result<Vec<(&'static str, StateLocation)>> {
     let mut found = Vec::new();
     for registration in REGISTERED {
-        let mut r = Resolver::new(command_line, env, ALL_NAMES)?;
+        let mut r = Resolver::new(command_line, env, &all_names())?;
         r.enter_table(registration.name, registration.settings);
         if let Some(location) = (registration.locate)(&mut r) {
             found.push((registration.name, location));
         }
     }
     Ok(found)
+}
+
+/// Every profile name this build knows: its own profiles and those a
+/// smaller build leaves out, so that a config file written for a full
+/// build still reads.
+pub(crate) fn all_names() -> Vec<&'static str> {
+    let built = |name: &str| REGISTERED.iter().any(|p| p.name == name);
+    ALL.iter()
+        .filter(|(name, shipped)| *shipped || built(name))
+        .map(|(name, _)| *name)
+        .collect()
 }
 
 /// A profile of this build, as `--profile` and the docs know it.
@@ -164,14 +186,15 @@ fn registered(name: String, what: &str) -> std::result::Result<&'static Registra
     if let Some(registration) = REGISTERED.iter().find(|p| p.name == name) {
         return Ok(registration);
     }
-    if ALL_NAMES.contains(&name.as_str()) {
+    let known = all_names();
+    if known.contains(&name.as_str()) {
         Err(format!(
             "{what}: this build has no {name} profile (it was built without the cargo feature {name})"
         ))
     } else {
         Err(format!(
             "{what}: unknown profile {name:?} (known: {})",
-            ALL_NAMES.join(", ")
+            known.join(", ")
         ))
     }
 }
@@ -195,15 +218,59 @@ pub(crate) const SHARED: Declarations = &[&PROFILE];
 /// every problem reported at once. It reads the device's files and changes
 /// nothing, so a command can resolve without registering.
 pub(crate) fn resolve(command_line: &CommandLine, env: &Environment) -> Result<(Common, Profile)> {
-    let mut r = Resolver::new(command_line, env, ALL_NAMES)?;
-    let chosen = r.get(&PROFILE).unwrap_or(&REGISTERED[0]);
-    r.enter_table(chosen.name, chosen.settings);
-    let profile = (chosen.resolve)(&mut r);
-    let uses_key = profile.as_ref().is_some_and(|p| p.key_spec().is_some());
-    refuse_foreign_flags(&mut r, chosen, uses_key);
+    let mut r = Resolver::new(command_line, env, &all_names())?;
+    let (_, profile, uses_key) = resolve_profile(&mut r);
     let common = r.finish(uses_key)?;
     let profile = profile.ok_or_else(|| Error::internal("the profile settings are incomplete"))?;
     Ok((common, profile))
+}
+
+/// The chosen profile and its settings; whether it keeps a key.
+fn resolve_profile(r: &mut Resolver<'_>) -> (&'static Registration, Option<Profile>, bool) {
+    let chosen = r.get(&PROFILE).unwrap_or(&REGISTERED[0]);
+    r.enter_table(chosen.name, chosen.settings);
+    let profile = (chosen.resolve)(r);
+    let uses_key = profile.as_ref().is_some_and(|p| p.key_spec().is_some());
+    refuse_foreign_flags(r, chosen, uses_key);
+    (chosen, profile, uses_key)
+}
+
+/// The settings of a run as `--check` reports them: every problem and
+/// warning as its own line, and the profile when nothing is wrong.
+pub(crate) struct Resolution {
+    pub profile: &'static str,
+    pub problems: Vec<String>,
+    pub warnings: Vec<String>,
+    pub resolved: Option<(Common, Profile)>,
+}
+
+/// Resolves like [`resolve`], keeping the problems apart.
+pub(crate) fn resolve_for_check(
+    command_line: &CommandLine,
+    env: &Environment,
+) -> Result<Resolution> {
+    let mut r = Resolver::new(command_line, env, &all_names())?;
+    let (chosen, profile, uses_key) = resolve_profile(&mut r);
+    if uses_key {
+        // Its problems are found by `finish`; resolved now to be listed.
+        r.hsm();
+    }
+    let (problems, warnings) = (r.problems().to_vec(), r.warnings().to_vec());
+    let resolved = match (r.finish(uses_key), profile) {
+        (Ok(common), Some(profile)) => Some((common, profile)),
+        _ => None,
+    };
+    Ok(Resolution {
+        profile: chosen.name,
+        problems,
+        warnings,
+        resolved,
+    })
+}
+
+/// Whether the declared setting called `name` is a secret.
+pub(crate) fn is_secret_setting(name: &str) -> bool {
+    all_declarations().any(|setting| setting.name() == name && setting.is_secret())
 }
 
 /// The flags of `settings`.
@@ -388,6 +455,16 @@ pub(crate) enum StepOutcome {
     Failed(String),
 }
 
+/// A service a profile talks to, for `--check`.
+pub(crate) struct Endpoint {
+    /// What it is, as the settings name it ("DEVICE_API").
+    pub what: &'static str,
+    pub url: reqwest::Url,
+    /// The CA certificates its TLS is checked with; the system roots when
+    /// `None`.
+    pub cacert: Option<crate::config::CaBundle>,
+}
+
 /// What the flow hands a profile for its network steps.
 pub(crate) struct Enrolment<'a> {
     pub common: &'a Common,
@@ -477,6 +554,13 @@ pub(crate) trait Backend {
     async fn enrol(&self, enrolment: Enrolment<'_>) -> Result<Answer>;
     /// Steps after the commit (the key and token are closed by then).
     fn after_commit(&self) -> Vec<(&'static str, StepOutcome)>;
+    /// The services a registration would talk to, for `--check`.
+    fn endpoints(&self) -> Vec<Endpoint>;
+    /// Files holding a secret that no setting's origin names, for
+    /// `--check`'s file modes.
+    fn secret_files(&self) -> Vec<std::path::PathBuf> {
+        Vec::new()
+    }
 }
 
 impl Backend for Profile {
@@ -515,6 +599,12 @@ impl Backend for Profile {
     }
     fn after_commit(&self) -> Vec<(&'static str, StepOutcome)> {
         dispatch!(self, p => p.after_commit())
+    }
+    fn endpoints(&self) -> Vec<Endpoint> {
+        dispatch!(self, p => p.endpoints())
+    }
+    fn secret_files(&self) -> Vec<std::path::PathBuf> {
+        dispatch!(self, p => p.secret_files())
     }
 }
 
@@ -608,7 +698,7 @@ mod tests {
         let command_line = CommandLine::try_parse_from(["x", "--root", root_arg]).unwrap();
         let env = Environment::default();
         for profile in REGISTERED {
-            let mut r = Resolver::new(&command_line, &env, ALL_NAMES).unwrap();
+            let mut r = Resolver::new(&command_line, &env, &all_names()).unwrap();
             r.enter_table(profile.name, profile.settings);
             let _ = (profile.resolve)(&mut r);
             r.hsm();
