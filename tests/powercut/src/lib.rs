@@ -167,7 +167,9 @@ pub struct Op {
     /// The path (relative to the mount) it was made to.
     pub path: String,
     pub detail: String,
-    /// The bytes of a write.
+    /// Where a write went in the file, and its bytes. The kernel splits a
+    /// write(2) that crosses a page boundary into one change per part.
+    pub offset: u64,
     pub written: Vec<u8>,
     ino: model::Ino,
 }

@@ -240,6 +240,7 @@ impl Model {
             kind,
             path: self.path(ino),
             detail,
+            offset: 0,
             written: Vec::new(),
             ino,
         }
@@ -281,6 +282,7 @@ impl Model {
             ino,
             format!("{} bytes at {offset}", data.len()),
         );
+        op.offset = offset;
         op.written = data.to_vec();
         Ok(op)
     }

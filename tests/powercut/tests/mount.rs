@@ -46,6 +46,13 @@ fn a_run_without_a_cut_keeps_what_was_synced_and_sees_everything() {
     assert_eq!(boot.end_synced.file("d/f").unwrap(), b"hello");
     assert!(boot.end.get("after").is_some());
     assert!(boot.end_synced.get("after").is_none());
+    let writes: Vec<(u64, &[u8])> = boot
+        .ops
+        .iter()
+        .filter(|op| op.kind == OpKind::Write)
+        .map(|op| (op.offset, &op.written[..]))
+        .collect();
+    assert_eq!(writes, [(0, &b"hello"[..]), (5, &b", world"[..])]);
     let kinds: Vec<OpKind> = boot.ops.iter().map(|op| op.kind).collect();
     assert!(kinds.contains(&OpKind::SyncDir), "{kinds:?}");
     assert_eq!(kinds.iter().filter(|k| **k == OpKind::Write).count(), 2);
