@@ -1,5 +1,5 @@
 //! One error type for the whole agent. Every failure carries a kind, and the
-//! kind alone decides the process exit code (documented in README.md).
+//! kind alone decides the process exit code (documented in README.md, "Exit codes").
 
 use std::fmt;
 
@@ -26,6 +26,19 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
+    /// Every kind, in exit-code order (for the documentation's tables).
+    pub const ALL: [ErrorKind; 9] = [
+        ErrorKind::Internal,
+        ErrorKind::Config,
+        ErrorKind::AlreadyRegistered,
+        ErrorKind::Rejected,
+        ErrorKind::Unavailable,
+        ErrorKind::BadResponse,
+        ErrorKind::Hsm,
+        ErrorKind::Busy,
+        ErrorKind::Interrupted,
+    ];
+
     pub fn exit_code(self) -> u8 {
         match self {
             ErrorKind::Internal => 1,

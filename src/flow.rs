@@ -1,8 +1,11 @@
-//! The registration flow every profile shares: lock the state dir, finish
-//! an accepted registration whose storing was cut short, check for an
-//! existing registration, pick the identity (resuming an unfinished one),
-//! let the profile talk to its service, record the answer, store it, and
-//! run what follows; keep or discard the pending identity when it fails.
+//! The registration flow every profile shares, in the order of
+//! [`register`]: lock the state dir; finish an accepted registration whose
+//! storing was cut short; check for an existing registration; the profile's
+//! pre-flight and a plausible clock; pick the identity (resuming an
+//! unfinished one) and write its journal; let the profile talk to its
+//! service, keeping or discarding the identity when that fails; record the
+//! answer, store it, and run what follows. The journal's life cycle itself
+//! is [`identity`]'s.
 //!
 //! A profile whose registration has two stages (a certificate from the
 //! factory, then a service that may not accept the device yet) has the first
@@ -13,11 +16,12 @@
 use crate::clock;
 use crate::config::Common;
 use crate::error::{Error, ErrorKind, Result};
-use crate::identity::{self, Pending};
+use crate::identity::{self, Identity, Pending};
 use crate::keys::pkcs11::{Module, Token};
 use crate::keys::{DeviceKey, KeySpec, SoftwareKey};
 use crate::logging::{self, Context};
-use crate::profiles::{Answer, Backend, Checkpoint, Enrolment, Profile, StoredFile};
+use crate::profiles::{Answer, Answers, Backend, Checkpoint, Enrolment, Profile, StoredFile};
+use crate::retry::{retry, RetryPolicy, Retryable};
 use crate::secret::Secret;
 use crate::store::{self, PRIVATE_MODE};
 use serde_json::{Map, Value};
@@ -35,7 +39,7 @@ impl Outcome {
     fn new(status: &str, profile: &Profile) -> Outcome {
         let mut fields = Map::new();
         fields.insert("status".into(), status.into());
-        fields.insert("profile".into(), profile.name().as_str().into());
+        fields.insert("profile".into(), profile.name().into());
         Outcome(fields)
     }
 
@@ -53,16 +57,6 @@ impl Outcome {
     }
 }
 
-/// The device being registered: its id and key, and whether they come from
-/// an unfinished earlier attempt, or from the first stage an earlier run
-/// stored.
-struct Identity {
-    id: String,
-    key: Option<DeviceKey>,
-    resumed: bool,
-    stored: bool,
-}
-
 pub async fn register(common: &Common, profile: &Profile) -> Result<Outcome> {
     let dir = profile.state_dir().to_path_buf();
     let key_spec = profile.key_spec();
@@ -74,62 +68,21 @@ pub async fn register(common: &Common, profile: &Profile) -> Result<Outcome> {
     store::prepare(&dir)?;
     let _lock = store::DirLock::acquire(&dir)?;
 
-    let pending = identity::load(&dir)?;
-    let pending = match pending {
-        Some(
-            p @ Pending {
-                answer: Some(_), ..
-            },
-        ) if !common.force => {
-            return finish_accepted(profile, &dir, key_spec, module, p);
+    let pending = match identity::load(&dir)? {
+        Some(accepted) if accepted.answer.is_some() && !common.force => {
+            return finish_accepted(profile, &common.retry, &dir, key_spec, module, accepted).await;
         }
-        Some(Pending {
-            id,
-            answer: Some(_),
-            ..
-        }) => {
-            tracing::warn!(
-                "--force: abandoning device {id}, which the server accepted but this device never finished storing; delete it on the server"
-            );
+        Some(accepted) if accepted.answer.is_some() => {
+            accepted.abandon();
             None
         }
         other => other,
     };
-
-    let markers = store::present(&dir, &profile.markers());
-    if !markers.is_empty() {
-        let what = format!("{} present in {}", markers.join(" and "), dir.display());
-        if common.force {
-            tracing::warn!(
-                "--force: the registration in {} will be replaced once the new one is complete",
-                dir.display()
-            );
-        } else if common.boot {
-            let report = profile.registered_report();
-            if let Some(uuid) = report.get("uuid").and_then(Value::as_str) {
-                logging::note(Context::DeviceUuid, uuid);
-            }
-            note_reported_factory(&report);
-            tracing::info!(
-                message_id = logging::RESULT_MESSAGE_ID,
-                registration_result = "already-registered",
-                "already registered ({what}); nothing to do"
-            );
-            return Ok(Outcome::new("already-registered", profile)
-                .with(report)
-                .with(files_field(&[])));
-        } else {
-            return Err(Error::new(
-                ErrorKind::AlreadyRegistered,
-                format!(
-                    "this device is already registered ({what}); use --force to register it again"
-                ),
-            ));
-        }
+    if let Some(outcome) = existing_registration(common, profile, &dir)? {
+        return Ok(outcome);
     }
     profile.preflight(common)?;
     profile.announce();
-
     clock::wait_for_plausible_time(
         clock::earliest_plausible_time(),
         common.clock_wait,
@@ -141,33 +94,76 @@ pub async fn register(common: &Common, profile: &Profile) -> Result<Outcome> {
         (Some(module), Some(spec)) => Some(module.open_token(spec.token.clone())?),
         _ => None,
     };
-    let stored = if common.force {
-        None
-    } else {
-        profile.stored_identity()
-    };
-    let mut identity = choose_identity(
-        common,
-        profile,
-        &dir,
-        key_spec.as_ref(),
-        pending,
-        stored,
-        token.as_ref(),
-    )?;
-    logging::note(Context::DeviceUuid, &identity.id);
-    if !identity.resumed {
-        let software_key = identity.key.as_ref().and_then(DeviceKey::private_pem);
-        identity::begin(&dir, &identity.id, software_key.as_ref())?;
-    }
+    let identity = choose_identity(common, profile, &dir, key_spec.as_ref(), pending, &token)?;
     if let Some(token) = &token {
         // The key is part of the saved identity now: it outlives this run
-        // (even an interrupted one) until the identity is abandoned.
+        // (even an interrupted one) until the identity is abandoned; and so
+        // does what this run adds to the token.
         token.keep_created();
     }
+    let (accepted, checkpointed) = enrol(common, profile, &dir, identity, token.as_deref()).await?;
+    finish(profile, &common.retry, &dir, key_spec, token, accepted)
+        .await
+        .map(|outcome| outcome.after_checkpoint(checkpointed))
+}
 
-    let mut checkpoint = IdentityStore {
-        dir: &dir,
+/// A registration already in the state dir: nothing to do in `--boot`, an
+/// error for a technician, replaced (once the new one is complete) with
+/// `--force`.
+fn existing_registration(
+    common: &Common,
+    profile: &Profile,
+    dir: &Path,
+) -> Result<Option<Outcome>> {
+    let markers = store::present(dir, &profile.markers())?;
+    if markers.is_empty() {
+        return Ok(None);
+    }
+    let what = format!("{} present in {}", markers.join(" and "), dir.display());
+    if common.force {
+        tracing::warn!(
+            "--force: the registration in {} will be replaced once the new one is complete",
+            dir.display()
+        );
+        return Ok(None);
+    }
+    if !common.boot {
+        return Err(Error::new(
+            ErrorKind::AlreadyRegistered,
+            format!("this device is already registered ({what}); use --force to register it again"),
+        ));
+    }
+    let report = profile.registered_report();
+    if let Some(uuid) = report.get("uuid").and_then(Value::as_str) {
+        logging::note(Context::DeviceUuid, uuid);
+    }
+    note_reported_factory(&report);
+    tracing::info!(
+        message_id = logging::RESULT_MESSAGE_ID,
+        registration_result = "already-registered",
+        "already registered ({what}); nothing to do"
+    );
+    Ok(Some(
+        Outcome::new("already-registered", profile)
+            .with(report)
+            .with(files_field(&[])),
+    ))
+}
+
+/// Lets the profile talk to its service with the identity (through the
+/// [`Checkpoint`] for a first stage). On failure the identity is kept or
+/// discarded; on success the key is closed, and what the server accepted is
+/// returned with the names a checkpoint stored.
+async fn enrol(
+    common: &Common,
+    profile: &Profile,
+    dir: &Path,
+    identity: Identity,
+    token: Option<&Token>,
+) -> Result<(Accepted, Vec<String>)> {
+    let key_spec = profile.key_spec();
+    let checkpoint = IdentityStore {
+        dir,
         id: &identity.id,
         key_file: key_spec.as_ref().map(|spec| spec.file),
         software_key: match identity.stored {
@@ -190,65 +186,27 @@ pub async fn register(common: &Common, profile: &Profile) -> Result<Outcome> {
         })
         .await;
     let stored = checkpoint.stored.get();
-    let answer = match enrolled {
-        Ok(answer) => answer,
-        Err(error) => {
-            if stored {
-                tracing::info!(
-                    "kept the identity of {}, stored in {}, for the next attempt",
-                    identity.id,
-                    dir.display()
-                );
-            } else if keep_identity_after(&error) {
-                tracing::info!("kept the identity of {} for the next attempt", identity.id);
-            } else {
-                discard(&dir, token.as_deref());
-            }
-            return Err(error);
-        }
-    };
+    let answer = enrolled.inspect_err(|error| {
+        identity::keep_or_discard(dir, &identity.id, stored, token, error);
+    })?;
     // From here on the fleet holds the device: every failure keeps it.
-    let recorded = (|| {
-        if stored {
-            // A stored identity has no journal; the answer needs one to be
-            // finished by the next run should storing it fail. Its key is
-            // in place already.
-            identity::begin(&dir, &identity.id, None)?;
-        }
-        identity::record_answer(&dir, &answer)
-    })();
-    if let Err(e) = &recorded {
-        // Storing the answer itself may still work (a failed journal write
-        // is not a full disk, an I/O error may not repeat); if it does not,
-        // the identity is still kept (journal or stored first stage) and
-        // the next run asks the server again for the same device.
-        tracing::warn!(
-            "{e}; storing the registration of {} without a record of the answer",
-            identity.id
-        );
-    }
-    // A stored identity's key file is in place already.
-    let software_key = match stored {
-        true => None,
-        false => checkpoint.software_key.take(),
+    let IdentityStore {
+        software_key,
+        written,
+        ..
+    } = checkpoint;
+    let accepted = Accepted {
+        id: identity.id.clone(),
+        // A stored identity's key file is in place already.
+        software_key: software_key.filter(|_| !stored),
+        answer,
+        // Recorded by the first attempt at storing it.
+        kept: AnswerKept::IdentityOnly,
     };
-    let checkpointed = checkpoint.written.take();
-    drop(checkpoint);
-    let id = std::mem::take(&mut identity.id);
     // The key (and with it, soon, the token session) is closed before
     // anything else runs.
     drop(identity);
-    let accepted = Accepted {
-        id,
-        software_key,
-        answer,
-        kept: match recorded {
-            Ok(()) => AnswerKept::Recorded,
-            Err(_) => AnswerKept::IdentityOnly,
-        },
-    };
-    finish(profile, &dir, key_spec, token, accepted)
-        .map(|outcome| outcome.after_checkpoint(checkpointed))
+    Ok((accepted, written.into_inner()))
 }
 
 /// A registration the server accepted, on its way to the disk.
@@ -260,7 +218,7 @@ struct Accepted {
 }
 
 /// What is kept for the next run when storing an accepted answer fails.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum AnswerKept {
     /// The answer: the next run stores it without asking the server.
     Recorded,
@@ -294,7 +252,7 @@ impl Checkpoint for IdentityStore<'_> {
             return Err(Error::internal("the identity is stored already"));
         }
         let entries = entries_to_store(self.key_file, self.software_key.as_ref(), &files);
-        let replaced = store::present(self.dir, &self.replaced);
+        let replaced = store::present(self.dir, &self.replaced)?;
         if !replaced.is_empty() {
             tracing::warn!(
                 "--force: the registration in {} ({}) is replaced by the new identity {}",
@@ -319,7 +277,7 @@ impl Checkpoint for IdentityStore<'_> {
         self.stored.set(true);
         // A journal left behind (this removal failing) names the stored
         // identity, which the next run prefers to it.
-        if let Err(e) = identity::remove(self.dir) {
+        if let Err(e) = identity::finish(self.dir) {
             tracing::warn!("{e}");
         }
         let names: Vec<String> = entries.iter().map(|e| e.name.to_string()).collect();
@@ -358,48 +316,128 @@ fn entries_to_store<'a>(
         .collect()
 }
 
-/// A local failure after the server accepted: the next run completes it.
-fn accepted_but(error: Error, id: &str, kept: AnswerKept) -> Error {
-    let next = match kept {
-        AnswerKept::Recorded => "the next run finishes storing it without registering it again",
-        AnswerKept::IdentityOnly => {
-            "its identity is kept, and the next run asks the server again for the same device"
+/// A local failure after the server accepted: what becomes of the device.
+fn accepted_but(error: Error, id: &str, kept: AnswerKept, answers: Answers) -> Error {
+    let next = match (kept, answers) {
+        (AnswerKept::Recorded, _) => {
+            format!("the server accepted device {id}: the next run finishes storing it without registering it again")
         }
+        (AnswerKept::IdentityOnly, Answers::Again) => format!(
+            "the server accepted device {id}: its identity is kept, and the next run asks the server again for the same device"
+        ),
+        (AnswerKept::IdentityOnly, Answers::Once { service }) => format!(
+            "device {id} is registered with {service}, but its answer could not be stored and is lost: delete device {id} in {service}, then run again (this device keeps its identity, so the next run registers the same one)"
+        ),
     };
-    Error::new(
-        error.kind(),
-        format!("{error}; the server accepted device {id}: {next}"),
-    )
+    Error::new(error.kind(), format!("{error}; {next}"))
+}
+
+/// A failed attempt at storing an accepted answer, and what it left on disk.
+struct Unstored {
+    error: Error,
+    kept: AnswerKept,
+}
+
+impl std::fmt::Display for Unstored {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.error.fmt(f)
+    }
+}
+
+impl Retryable for Unstored {
+    /// Worth another attempt while the answer is only in memory; once it is
+    /// recorded, the next run finishes it.
+    fn retry_hint(&self) -> Option<Option<std::time::Duration>> {
+        (self.kept == AnswerKept::IdentityOnly).then_some(None)
+    }
+}
+
+/// One attempt at storing an accepted answer: its record first (unless an
+/// earlier attempt wrote it), the certificate in the token, the files, and
+/// the journal is done with.
+fn store_attempt(
+    dir: &Path,
+    key_file: Option<&'static str>,
+    token: Option<&Token>,
+    accepted: &Accepted,
+    kept: &Cell<AnswerKept>,
+) -> Result<Vec<String>> {
+    let Accepted {
+        id,
+        software_key,
+        answer,
+        ..
+    } = accepted;
+    if kept.get() == AnswerKept::IdentityOnly {
+        // Storing the answer itself may still work (a failed journal write
+        // is not a full disk, an I/O error may not repeat).
+        match identity::record_answer(dir, id, answer) {
+            Ok(()) => kept.set(AnswerKept::Recorded),
+            Err(e) => tracing::warn!(
+                "{e}; storing the registration of {id} without a record of the answer"
+            ),
+        }
+    }
+    if let (Some(token), Some(certificate)) = (token, &answer.token_certificate) {
+        token.import_certificate(certificate)?;
+    }
+    let entries = entries_to_store(key_file, software_key.as_ref(), &answer.files);
+    let obsolete: Vec<&str> = answer.obsolete.iter().map(String::as_str).collect();
+    store::install(dir, &entries, &obsolete)?;
+    identity::finish(dir)?;
+    Ok(entries.iter().map(|e| e.name.to_string()).collect())
+}
+
+/// Stores an accepted answer. An answer that only this process holds, from
+/// a service that answers once, is worth waiting for: the attempts go on
+/// (until the retry policy's deadline: half an hour in --boot), each failure
+/// logged with its reason, so that a disk that filled up can be freed
+/// meanwhile; a run that ended with the answer only in memory would lose
+/// the device.
+async fn store_accepted(
+    answers: Answers,
+    policy: &RetryPolicy,
+    dir: &Path,
+    key_file: Option<&'static str>,
+    token: Option<&Token>,
+    accepted: &Accepted,
+) -> Result<Vec<String>> {
+    let kept = Cell::new(accepted.kept);
+    let attempt = |_| {
+        let stored = store_attempt(dir, key_file, token, accepted, &kept);
+        std::future::ready(stored.map_err(|error| Unstored {
+            error,
+            kept: kept.get(),
+        }))
+    };
+    let stored = match (answers, accepted.kept) {
+        (Answers::Once { service }, AnswerKept::IdentityOnly) => {
+            let what = format!(
+                "storing the registration of device {}, which {service} answers only once",
+                accepted.id
+            );
+            retry(policy, &what, attempt).await
+        }
+        _ => attempt(1).await,
+    };
+    stored.map_err(|Unstored { error, kept }| accepted_but(error, &accepted.id, kept, answers))
 }
 
 /// Stores an accepted answer, closes the token, runs what follows.
-fn finish(
+async fn finish(
     profile: &Profile,
+    policy: &RetryPolicy,
     dir: &Path,
     key_spec: Option<KeySpec>,
     token: Option<Arc<Token>>,
     accepted: Accepted,
 ) -> Result<Outcome> {
-    let Accepted {
-        id,
-        software_key,
-        answer,
-        kept,
-    } = accepted;
-    let stored = (|| -> Result<Vec<String>> {
-        if let (Some(token), Some(certificate)) = (&token, &answer.token_certificate) {
-            token.import_certificate(certificate)?;
-        }
-        let key_file = key_spec.as_ref().map(|spec| spec.file);
-        let entries = entries_to_store(key_file, software_key.as_ref(), &answer.files);
-        let obsolete: Vec<&str> = answer.obsolete.iter().map(String::as_str).collect();
-        store::install(dir, &entries, &obsolete)?;
-        identity::remove(dir)?;
-        Ok(entries.iter().map(|e| e.name.to_string()).collect())
-    })();
-    let files = stored.map_err(|e| accepted_but(e, &id, kept))?;
+    let key_file = key_spec.as_ref().map(|spec| spec.file);
+    let answers = profile.answers();
+    let files = store_accepted(answers, policy, dir, key_file, token.as_deref(), &accepted).await?;
     // Programs run next may open the token themselves.
     drop(token);
+    let answer = &accepted.answer;
     tracing::info!(
         message_id = logging::RESULT_MESSAGE_ID,
         registration_result = "registered",
@@ -435,8 +473,9 @@ fn files_field(files: &[String]) -> Map<String, Value> {
 }
 
 /// An earlier run got the server's acceptance but could not store it.
-fn finish_accepted(
+async fn finish_accepted(
     profile: &Profile,
+    policy: &RetryPolicy,
     dir: &Path,
     key_spec: Option<KeySpec>,
     module: Option<Module>,
@@ -471,21 +510,25 @@ fn finish_accepted(
         answer,
         kept: AnswerKept::Recorded,
     };
-    finish(profile, dir, key_spec, token, accepted)
+    finish(profile, policy, dir, key_spec, token, accepted).await
 }
 
 /// The identity to register: the one an earlier run stored, or the one of
 /// an unfinished earlier attempt (so the server never sees two devices),
-/// else a new one.
+/// else a new one. Unless stored, its journal is written (anew, for a
+/// resumed one) before anything is sent.
 fn choose_identity(
     common: &Common,
     profile: &Profile,
     dir: &Path,
     key_spec: Option<&KeySpec>,
     pending: Option<Pending>,
-    stored: Option<String>,
-    token: Option<&Arc<Token>>,
+    token: &Option<Arc<Token>>,
 ) -> Result<Identity> {
+    let stored = match common.force {
+        true => None,
+        false => profile.stored_identity()?,
+    };
     let stored = match (stored, &pending) {
         // A journal for another id is a newer attempt (one made with
         // --force) that has not stored its first stage yet.
@@ -500,90 +543,75 @@ fn choose_identity(
         (stored, _) => stored,
     };
     if let Some(id) = stored {
-        if let Some(wanted) = profile.configured_id().filter(|wanted| *wanted != id) {
-            return Err(Error::config(format!(
-                "{} holds the identity of {id}, but the configuration asks for {wanted}; run with --force to replace it with a new identity",
-                dir.display()
-            )));
-        }
-        let key = stored_key(dir, &id, key_spec, token)?;
-        if pending.is_some() {
-            // The same id: left by a run stopped just after storing it.
-            if let Err(e) = identity::remove(dir) {
-                tracing::warn!("{e}");
-            }
-        }
-        tracing::info!(
-            "continuing with the identity {id} stored in {}",
-            dir.display()
-        );
-        return Ok(Identity {
-            id,
-            key,
-            resumed: true,
-            stored: true,
-        });
+        return stored_identity(profile, dir, id, key_spec, token.as_ref(), pending);
     }
-
-    let earlier = match pending {
-        Some(earlier) if common.force => {
-            tracing::warn!(
-                "--force: discarding the unfinished registration of {}",
-                earlier.id
-            );
-            None
-        }
-        Some(earlier) if profile.configured_id().is_some_and(|id| id != earlier.id) => {
-            tracing::warn!(
-                "discarding the unfinished registration of {}: the configuration asks for another device",
-                earlier.id
-            );
-            None
-        }
-        Some(earlier)
-            if key_spec.is_some() && earlier.software_key.is_some() == token.is_some() =>
-        {
-            tracing::warn!(
-                "discarding the unfinished registration of {}: its key was {}",
-                earlier.id,
-                if token.is_some() {
-                    "in software"
-                } else {
-                    "in a PKCS#11 token"
-                }
-            );
-            None
-        }
-        other => other,
+    let wanted = identity::Wanted {
+        force: common.force,
+        configured_id: profile.configured_id(),
+        key_spec,
+        token: token.as_ref(),
     };
-    if let Some(earlier) = earlier {
-        let key = match (key_spec, token, &earlier.software_key) {
-            (None, _, _) => Some(None),
-            (Some(spec), None, Some(pem)) => Some(Some(DeviceKey::Software(
-                SoftwareKey::from_pem(pem, spec.algorithm)?,
-            ))),
-            (Some(spec), Some(token), _) => token
-                .existing_key(spec.algorithm)?
-                .map(|k| Some(DeviceKey::Token(k))),
-            (Some(_), None, None) => None,
-        };
-        match key {
-            Some(key) => {
-                tracing::info!("resuming the unfinished registration of {}", earlier.id);
-                return Ok(Identity {
-                    id: earlier.id,
-                    key,
-                    resumed: true,
-                    stored: false,
-                });
-            }
-            None => tracing::warn!(
-                "discarding the unfinished registration of {}: its key is no longer in the token",
-                earlier.id
-            ),
+    let resumed = match pending {
+        Some(earlier) => identity::resume(earlier, &wanted)?,
+        None => None,
+    };
+    let identity = match resumed {
+        Some(resumed) => resumed,
+        None => new_identity(common, profile, key_spec, token.as_ref())?,
+    };
+    logging::note(Context::DeviceUuid, &identity.id);
+    let software_key = identity.key.as_ref().and_then(DeviceKey::private_pem);
+    identity::begin(dir, &identity.id, software_key.as_ref()).map_err(|e| {
+        Error::new(
+            e.kind(),
+            format!("{e}; nothing was sent to the server, and the next run tries again"),
+        )
+    })?;
+    Ok(identity)
+}
+
+/// The identity an earlier run stored (a first stage), with its key.
+fn stored_identity(
+    profile: &Profile,
+    dir: &Path,
+    id: String,
+    key_spec: Option<&KeySpec>,
+    token: Option<&Arc<Token>>,
+    pending: Option<Pending>,
+) -> Result<Identity> {
+    if let Some(wanted) = profile.configured_id().filter(|wanted| *wanted != id) {
+        return Err(Error::config(format!(
+            "{} holds the identity of {id}, but the configuration asks for {wanted}; run with --force to replace it with a new identity",
+            dir.display()
+        )));
+    }
+    let key = stored_key(dir, &id, key_spec, token)?;
+    if pending.is_some() {
+        // The same id: left by a run stopped just after storing it.
+        if let Err(e) = identity::finish(dir) {
+            tracing::warn!("{e}");
         }
     }
+    tracing::info!(
+        "continuing with the identity {id} stored in {}",
+        dir.display()
+    );
+    logging::note(Context::DeviceUuid, &id);
+    Ok(Identity {
+        id,
+        key,
+        resumed: true,
+        stored: true,
+    })
+}
 
+/// A new identity: the profile's id, a key made in the token or in software.
+fn new_identity(
+    common: &Common,
+    profile: &Profile,
+    key_spec: Option<&KeySpec>,
+    token: Option<&Arc<Token>>,
+) -> Result<Identity> {
     let id = profile.new_id(token.map(|t| t.as_ref()));
     let key = match (key_spec, token) {
         (None, _) => None,
@@ -627,34 +655,14 @@ fn stored_key(
         };
     }
     let path = dir.join(spec.file);
-    match crate::config::read_secret_optional(&path)? {
+    match store::read_stored_text(dir, spec.file)? {
         Some(pem) => Ok(Some(DeviceKey::Software(SoftwareKey::from_pem(
-            &Secret::new(pem),
+            &Secret::new(pem.to_string()),
             spec.algorithm,
         )?))),
         None => Err(missing(format!(
             "no {}; if it is in a PKCS#11 token, configure the HSM (/etc/sota/hsm or -m/-P/-S)",
             path.display()
         ))),
-    }
-}
-
-/// Whether the identity of a failed attempt must be kept for the next run:
-/// yes when the server may hold it (no answer came back, or it says the
-/// device exists after an attempt of ours may have created it), no when the
-/// server's refusal is definite or the request never reached it.
-fn keep_identity_after(error: &Error) -> bool {
-    error.kind() == ErrorKind::Interrupted || error.outcome_unknown()
-}
-
-/// Forgets an identity the server refused: its token objects and the journal.
-fn discard(dir: &Path, token: Option<&Token>) {
-    if let Some(token) = token {
-        if let Err(e) = token.remove_registration_objects() {
-            tracing::warn!("{e}");
-        }
-    }
-    if let Err(e) = identity::remove(dir) {
-        tracing::warn!("{e}");
     }
 }

@@ -20,8 +20,7 @@ pub(crate) mod store;
 pub(crate) mod tls;
 pub(crate) mod x509;
 
-use clap::{CommandFactory, FromArgMatches};
-use config::{Environment, Resolver};
+use config::Environment;
 use error::{Error, ErrorKind};
 use std::ffi::OsString;
 use std::io::Write;
@@ -63,32 +62,11 @@ fn error_report(kind: ErrorKind, message: &str) -> serde_json::Value {
     })
 }
 
-/// Resolves the settings: the shared ones and the profile's, with every
-/// problem reported at once.
-fn resolve(
-    cli: &cli::Cli,
-    given: Vec<String>,
-    env: &Environment,
-) -> error::Result<(config::Common, profiles::Profile)> {
-    let mut resolver = Resolver::new(cli, given, env)?;
-    let name = resolver.profile();
-    let profile = profiles::Profile::resolve(&mut resolver, name);
-    let uses_key = profile
-        .as_ref()
-        .is_some_and(|p| profiles::Backend::key_spec(p).is_some());
-    let common = resolver.finish(name, uses_key)?;
-    let profile = profile.ok_or_else(|| Error::internal("the profile settings are incomplete"))?;
-    Ok((common, profile))
-}
-
 /// Runs the agent and returns the process exit code.
 pub fn run(args: impl IntoIterator<Item = OsString>, env: Environment) -> u8 {
     let args: Vec<OsString> = args.into_iter().collect();
     let json = args.iter().skip(1).any(|a| a == "--json");
-    let parsed = cli::Cli::command()
-        .try_get_matches_from(&args)
-        .and_then(|matches| cli::Cli::from_arg_matches(&matches).map(|cli| (cli, matches)));
-    let (cli, matches) = match parsed {
+    let command_line = match cli::CommandLine::try_parse_from(&args) {
         Ok(parsed) => parsed,
         Err(e) => {
             let _ = e.print();
@@ -106,17 +84,11 @@ pub fn run(args: impl IntoIterator<Item = OsString>, env: Environment) -> u8 {
             return ErrorKind::Config.exit_code();
         }
     };
-    let given: Vec<String> = matches
-        .ids()
-        .filter(|id| {
-            matches.value_source(id.as_str()) == Some(clap::parser::ValueSource::CommandLine)
-        })
-        .map(|id| id.to_string())
-        .collect();
+    let cli = &command_line.cli;
     let run_span = logging::init(env.under_journald(), cli.verbose || env.wants_debug());
     let _in_run = run_span.enter();
-    let result = resolve(&cli, given, &env).and_then(|(common, profile)| {
-        logging::note(logging::Context::Profile, profile.name().as_str());
+    let result = profiles::resolve(&command_line, &env).and_then(|(common, profile)| {
+        logging::note(logging::Context::Profile, profile.name());
         for warning in &common.warnings {
             tracing::warn!("{warning}");
         }

@@ -1,15 +1,17 @@
 //! Every file the agent writes goes through here: one atomic-write path
 //! (temporary file created with its final mode, fsync, rename), the
 //! installation of a whole registration with a single directory fsync, the
-//! durable append that the pending-identity journal uses, and the lock that
-//! keeps two registrations apart. Profile-neutral: names and modes come from
-//! the caller.
+//! durable positioned write that the pending-identity journal uses, the
+//! reading of what an earlier run stored, and the lock that keeps two
+//! registrations apart. Profile-neutral: names and modes come from the
+//! caller.
 
 use crate::error::{Error, ErrorKind, Result, ResultExt};
 use std::fs::{DirBuilder, File, OpenOptions};
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
+use zeroize::Zeroizing;
 
 pub const PRIVATE_MODE: u32 = 0o600;
 pub const PUBLIC_MODE: u32 = 0o644;
@@ -42,8 +44,9 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
 /// with its final `mode` (so a secret is never readable by others, even
 /// briefly) and fsynced before it is renamed over the target. The rename is
 /// durable only after the directory is synced, which the caller does once
-/// for a whole set of files.
-fn replace_file(dir: &Path, name: &str, contents: &[u8], mode: u32) -> Result<()> {
+/// for a whole set of files. `room` zero bytes are allocated after the
+/// contents (see [`write_atomic`]).
+fn replace_file(dir: &Path, name: &str, contents: &[u8], mode: u32, room: u64) -> Result<()> {
     let target = dir.join(name);
     // No pid in the name: an early-boot service gets the same pid after
     // every reboot, and the directory lock keeps writers apart anyway.
@@ -60,6 +63,7 @@ fn replace_file(dir: &Path, name: &str, contents: &[u8], mode: u32) -> Result<()
         // before any byte is written never exposes anything.
         file.set_permissions(std::fs::Permissions::from_mode(mode))?;
         file.write_all(contents)?;
+        allocate_zeros(&file, contents.len() as u64, room)?;
         file.sync_all()?;
         std::fs::rename(&temp, &target)
     })();
@@ -70,25 +74,88 @@ fn replace_file(dir: &Path, name: &str, contents: &[u8], mode: u32) -> Result<()
     Ok(())
 }
 
-/// Writes one file atomically and durably.
-pub fn write_atomic(dir: &Path, name: &str, contents: &[u8], mode: u32) -> Result<()> {
-    replace_file(dir, name, contents, mode)?;
+/// Extends `file` (of `len` bytes) by `room` bytes that read as zeros and
+/// are allocated on the disk: fallocate where the file system has it (no
+/// data is written), else written zeros. Either way, later writes into the
+/// room need no new space, so they succeed on a disk that filled up since.
+fn allocate_zeros(file: &File, len: u64, room: u64) -> std::io::Result<()> {
+    if room == 0 {
+        return Ok(());
+    }
+    let (Ok(offset), Ok(room_len)) = (i64::try_from(len), i64::try_from(room)) else {
+        return Err(std::io::Error::from(std::io::ErrorKind::InvalidInput));
+    };
+    match nix::fcntl::fallocate(file, nix::fcntl::FallocateFlags::empty(), offset, room_len) {
+        Ok(()) => Ok(()),
+        Err(nix::errno::Errno::EOPNOTSUPP | nix::errno::Errno::ENOSYS) => {
+            let mut writer = file;
+            std::io::copy(&mut std::io::repeat(0).take(room), &mut writer).map(|_| ())
+        }
+        Err(errno) => Err(errno.into()),
+    }
+}
+
+/// Writes one file atomically and durably, followed in the file by `room`
+/// zero bytes already allocated on the disk, for [`write_at_durable`] to
+/// fill later.
+pub fn write_atomic(dir: &Path, name: &str, contents: &[u8], mode: u32, room: u64) -> Result<()> {
+    replace_file(dir, name, contents, mode, room)?;
     sync_dir(dir)
 }
 
-/// Appends `bytes` to an existing private file and makes them durable. A
-/// record cut short by power loss is the reader's to detect.
-pub fn append_durable(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
+/// Writes `bytes` at `offset` of an existing file (into its allocated room
+/// when there is enough) and makes them durable. A write cut short by power
+/// loss is the reader's to detect.
+pub fn write_at_durable(dir: &Path, name: &str, offset: u64, bytes: &[u8]) -> Result<()> {
+    use std::os::unix::fs::FileExt;
     let path = dir.join(name);
     OpenOptions::new()
-        .append(true)
+        .write(true)
         .custom_flags(nix::libc::O_NOFOLLOW)
         .open(&path)
-        .and_then(|mut file| {
-            file.write_all(bytes)?;
+        .and_then(|file| {
+            file.write_all_at(bytes, offset)?;
             file.sync_all()
         })
-        .with_kind_context(ErrorKind::Internal, io_error(&path, "append to"))
+        .with_kind_context(ErrorKind::Internal, io_error(&path, "write to"))
+}
+
+/// The contents of `dir/name`, a file an earlier run stored; `None` only
+/// when it does not exist. Any other failure (an I/O error, a symbolic
+/// link) is an error: taking it for "nothing stored" would let a run make a
+/// new identity over the one the device has.
+pub fn read_stored(dir: &Path, name: &str) -> Result<Option<Zeroizing<Vec<u8>>>> {
+    let path = dir.join(name);
+    let opened = OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(&path);
+    let mut file = match opened {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_kind_context(ErrorKind::Internal, io_error(&path, "open")),
+    };
+    let mut bytes = Zeroizing::new(Vec::new());
+    file.read_to_end(&mut bytes)
+        .with_kind_context(ErrorKind::Internal, io_error(&path, "read"))?;
+    Ok(Some(bytes))
+}
+
+/// [`read_stored`] for a text file.
+pub fn read_stored_text(dir: &Path, name: &str) -> Result<Option<Zeroizing<String>>> {
+    let Some(mut bytes) = read_stored(dir, name)? else {
+        return Ok(None);
+    };
+    match String::from_utf8(std::mem::take(&mut *bytes)) {
+        Ok(text) => Ok(Some(Zeroizing::new(text))),
+        Err(e) => {
+            drop(Zeroizing::new(e.into_bytes()));
+            Err(Error::internal(format!(
+                "{} is not valid UTF-8",
+                dir.join(name).display()
+            )))
+        }
+    }
 }
 
 /// One file of an installation.
@@ -104,7 +171,7 @@ pub struct Entry<'a> {
 /// replays it after a crash; installing the same files again is harmless.
 pub fn install(dir: &Path, files: &[Entry<'_>], obsolete: &[&str]) -> Result<()> {
     for file in files {
-        replace_file(dir, file.name, file.contents, file.mode)?;
+        replace_file(dir, file.name, file.contents, file.mode, 0)?;
     }
     for name in obsolete {
         let path = dir.join(name);
@@ -204,13 +271,22 @@ impl DirLock {
     }
 }
 
-/// The names among `candidates` that exist in `dir`.
-pub fn present<'n>(dir: &Path, candidates: &[&'n str]) -> Vec<&'n str> {
-    candidates
-        .iter()
-        .copied()
-        .filter(|name| dir.join(name).symlink_metadata().is_ok())
-        .collect()
+/// The names among `candidates` that exist in `dir`. Only "not found" means
+/// absent: a name that cannot be inspected (EIO, EACCES) is an error rather
+/// than a registration taken for missing and then replaced.
+pub fn present<'n>(dir: &Path, candidates: &[&'n str]) -> Result<Vec<&'n str>> {
+    let mut found = Vec::new();
+    for name in candidates {
+        let path = dir.join(name);
+        match path.symlink_metadata() {
+            Ok(_) => found.push(*name),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(e).with_kind_context(ErrorKind::Internal, io_error(&path, "inspect"))
+            }
+        }
+    }
+    Ok(found)
 }
 
 #[cfg(test)]
@@ -233,9 +309,9 @@ mod tests {
     #[test]
     fn atomic_write_sets_the_mode_and_leaves_no_temp_file() {
         let dir = tempfile::tempdir().unwrap();
-        write_atomic(dir.path(), "secret", b"s", PRIVATE_MODE).unwrap();
-        write_atomic(dir.path(), "public", b"p", PUBLIC_MODE).unwrap();
-        write_atomic(dir.path(), "public", b"p2", PUBLIC_MODE).unwrap();
+        write_atomic(dir.path(), "secret", b"s", PRIVATE_MODE, 0).unwrap();
+        write_atomic(dir.path(), "public", b"p", PUBLIC_MODE, 0).unwrap();
+        write_atomic(dir.path(), "public", b"p2", PUBLIC_MODE, 0).unwrap();
         assert_eq!(mode_of(&dir.path().join("secret")), 0o600);
         assert_eq!(mode_of(&dir.path().join("public")), 0o644);
         assert_eq!(std::fs::read(dir.path().join("public")).unwrap(), b"p2");
@@ -246,7 +322,7 @@ mod tests {
     fn a_stale_temporary_file_does_not_block_a_write() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(".public.tmp"), b"left by a crash").unwrap();
-        write_atomic(dir.path(), "public", b"p", PUBLIC_MODE).unwrap();
+        write_atomic(dir.path(), "public", b"p", PUBLIC_MODE, 0).unwrap();
         assert_eq!(names(dir.path()), ["public"]);
     }
 
@@ -273,22 +349,61 @@ mod tests {
         .unwrap();
         assert_eq!(names(dir.path()), ["a", "b"]);
         assert_eq!(mode_of(&dir.path().join("a")), 0o600);
-        assert_eq!(present(dir.path(), &["a", "c"]), ["a"]);
+        assert_eq!(present(dir.path(), &["a", "c"]).unwrap(), ["a"]);
     }
 
     #[test]
-    fn append_adds_to_an_existing_file_only() {
+    fn room_reads_as_zeros_and_is_filled_in_place() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(append_durable(dir.path(), "journal", b"x").is_err());
-        write_atomic(dir.path(), "journal", b"a\n", PRIVATE_MODE).unwrap();
-        append_durable(dir.path(), "journal", b"b\n").unwrap();
+        assert!(write_at_durable(dir.path(), "journal", 0, b"x").is_err());
+        assert!(read_stored(dir.path(), "journal").unwrap().is_none());
+        write_atomic(dir.path(), "journal", b"a\n", PRIVATE_MODE, 8).unwrap();
+        assert_eq!(
+            read_stored(dir.path(), "journal")
+                .unwrap()
+                .unwrap()
+                .as_slice(),
+            b"a\n\0\0\0\0\0\0\0\0"
+        );
+        write_at_durable(dir.path(), "journal", 2, b"b\n").unwrap();
         assert_eq!(
             std::fs::read(dir.path().join("journal")).unwrap(),
-            b"a\nb\n"
+            b"a\nb\n\0\0\0\0\0\0"
         );
+        // Past the room the file grows.
+        write_at_durable(dir.path(), "journal", 9, b"cde").unwrap();
+        assert_eq!(
+            std::fs::read(dir.path().join("journal")).unwrap(),
+            b"a\nb\n\0\0\0\0\0cde"
+        );
+        assert_eq!(mode_of(&dir.path().join("journal")), 0o600);
         remove(dir.path(), "journal").unwrap();
         remove(dir.path(), "journal").unwrap();
         assert!(names(dir.path()).is_empty());
+    }
+
+    #[test]
+    fn only_a_missing_file_reads_as_nothing_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("elsewhere"), b"k").unwrap();
+        std::os::unix::fs::symlink("elsewhere", dir.path().join("link")).unwrap();
+        let err = read_stored(dir.path(), "link").unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Internal);
+        std::fs::create_dir(dir.path().join("not-a-file")).unwrap();
+        let err = read_stored(dir.path(), "not-a-file").unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Internal, "{err}");
+        std::fs::write(dir.path().join("binary"), b"\xff").unwrap();
+        assert!(read_stored_text(dir.path(), "binary").is_err());
+        assert!(read_stored_text(dir.path(), "missing").unwrap().is_none());
+    }
+
+    #[test]
+    fn a_name_that_cannot_be_inspected_is_an_error_not_absent() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("file"), b"").unwrap();
+        // "file/x": ENOTDIR, which is neither "there" nor "not found".
+        let err = present(dir.path(), &["file/x"]).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Internal);
     }
 
     #[test]

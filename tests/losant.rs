@@ -216,7 +216,9 @@ fn credentials_lost_on_the_way_are_explained() {
         .run(&[])
         .assert_code(3)
         .assert_says("attempt 1 failed")
-        .assert_says("probably created by an earlier attempt of this run whose answer was lost");
+        .assert_says(
+            "an earlier attempt of this run sent the request, and its answer was lost on the way",
+        );
     assert_eq!(losant.requested_ids(), [ETH0_MAC, ETH0_MAC]);
     assert!(!board.path(CREDENTIALS).exists());
 }
@@ -240,7 +242,7 @@ fn a_run_that_lost_its_answer_is_resumed_with_the_same_id_and_explained() {
         .assert_says(&format!(
             "resuming the unfinished registration of {ETH0_MAC}"
         ))
-        .assert_says("probably created by an earlier run that ended before its answer arrived");
+        .assert_says("an earlier run of this device sent the request and never stored the answer");
     assert_eq!(losant.requested_ids(), [ETH0_MAC, ETH0_MAC]);
     assert_nothing_stored(&board);
 }

@@ -67,14 +67,14 @@ fn the_profile_comes_from_the_flag_then_the_environment_then_the_config_file() {
             Some("losant"),
             Some("losant"),
             "lmp",
-            Some("command line".into()),
+            Some("--profile".into()),
         ),
         (
             Some("losant"),
             Some("lmp"),
             Some("lmp"),
             "losant",
-            Some("command line".into()),
+            Some("--profile".into()),
         ),
     ] {
         let board = registered_with_both(in_file);

@@ -1,18 +1,25 @@
+# nooelint: oelint.var.mandatoryvar.HOMEPAGE,oelint.var.suggestedvar.BUGTRACKER,oelint.var.suggestedvar.CVE_PRODUCT,oelint.var.bbclassextend
+# oelint-adv findings left on purpose (yocto-recipe/README.md, "Lint"):
+# HOMEPAGE, BUGTRACKER: this project has no settled public URL yet (see
+# LMP_DEVICE_REGISTER_RS_GIT below); CVE_PRODUCT: no CVE database names it,
+# and the crates it links are checked against the RustSec advisories by
+# "cargo deny"; BBCLASSEXTEND: an agent that registers the device it runs
+# on has no use as a native or nativesdk tool.
 SUMMARY = "Registers a Linux microPlatform device with its factory (Rust)"
 DESCRIPTION = "One binary that replaces the C++ lmp-device-register and the \
-lmp-device-auto-register script: EC P-256 key (software or PKCS#11), CSR, \
-certificates and sota.toml, plus a first-boot systemd unit."
+               lmp-device-auto-register script: EC P-256 key (software or PKCS#11), CSR, \
+               certificates and sota.toml, plus a first-boot systemd unit."
 SECTION = "admin"
 
 # What the binary is made of: this project (BSD-3-Clause, first) and every
 # crate it links statically, with the license expressions their Cargo.toml
 # declare ("A | B": the crate offers either). Build scripts, proc-macros and
 # dev-dependencies run on the build host only and are not listed.
-# tests/packaging.rs derives the set from "cargo metadata" for the Linux
+# tests/yocto.rs derives the set from "cargo metadata" for the Linux
 # targets and fails, printing the line to use, when this one differs.
 LICENSE = "BSD-3-Clause & Apache-2.0 & ISC & MIT & Unicode-3.0 & \
-(Apache-2.0 | BSL-1.0) & (Apache-2.0 | MIT) & (MIT | Unlicense) & \
-(Apache-2.0 | ISC | MIT) & (Apache-2.0 | MIT | Zlib)"
+           (Apache-2.0 | BSL-1.0) & (Apache-2.0 | MIT) & (MIT | Unlicense) & \
+           (Apache-2.0 | ISC | MIT) & (Apache-2.0 | MIT | Zlib)"
 # The crates' own license files sit in the vendor directory under versioned
 # names that change with every Cargo.lock update; OE checks the project's
 # file here and takes the crates' texts from its common-licenses.
@@ -134,47 +141,48 @@ python lmp_device_register_rs_check_settings() {
         except ValueError:
             bb.fatal("%s = \"%s\": expected 1/yes/true or 0/no/false" % (var, d.getVar(var)))
 }
+lmp_device_register_rs_check_settings[doc] = "Stops the parse when LMP_DEVICE_REGISTER_RS_GIT or a hostname setting is missing or malformed"
 addhandler lmp_device_register_rs_check_settings
 lmp_device_register_rs_check_settings[eventmask] = "bb.event.RecipePreFinalise"
 
 do_install:append() {
-	install -d ${D}${systemd_system_unitdir}
-	install -m 0644 ${S}/systemd/lmp-device-register.service ${D}${systemd_system_unitdir}/
-	# /var/sota, made at boot: the unit's sandbox keeps the agent from making it.
-	install -d ${D}${nonarch_libdir}/tmpfiles.d
-	install -m 0644 ${S}/systemd/lmp-device-register.tmpfiles \
-		${D}${nonarch_libdir}/tmpfiles.d/lmp-device-register.conf
-	if [ "${@bb.utils.to_boolean(d.getVar('LMP_DEVICE_REGISTER_USE_HOSTNAME'), False)}" = "True" ]; then
-		install -d ${D}${systemd_system_unitdir}/lmp-device-register.service.d
-		printf '[Service]\nEnvironment=USE_HOSTNAME=1\n' \
-			> ${D}${systemd_system_unitdir}/lmp-device-register.service.d/10-use-hostname.conf
-		chmod 0644 ${D}${systemd_system_unitdir}/lmp-device-register.service.d/10-use-hostname.conf
-	fi
+    install -d ${D}${systemd_system_unitdir}
+    install -m 0644 ${S}/systemd/lmp-device-register.service ${D}${systemd_system_unitdir}/
+    # /var/sota, made at boot: the unit's sandbox keeps the agent from making it.
+    install -d ${D}${nonarch_libdir}/tmpfiles.d
+    install -m 0644 ${S}/systemd/lmp-device-register.tmpfiles \
+        ${D}${nonarch_libdir}/tmpfiles.d/lmp-device-register.conf
+    if [ "${@bb.utils.to_boolean(d.getVar('LMP_DEVICE_REGISTER_USE_HOSTNAME'), False)}" = "True" ]; then
+        install -d ${D}${systemd_system_unitdir}/lmp-device-register.service.d
+        printf '[Service]\nEnvironment=USE_HOSTNAME=1\n' \
+            > ${D}${systemd_system_unitdir}/lmp-device-register.service.d/10-use-hostname.conf
+        chmod 0644 ${D}${systemd_system_unitdir}/lmp-device-register.service.d/10-use-hostname.conf
+    fi
 
-	install -d ${D}${mandir}/man8
-	install -m 0644 ${S}/docs/lmp-device-register.8 ${D}${mandir}/man8/
+    install -d ${D}${mandir}/man8
+    install -m 0644 ${S}/docs/lmp-device-register.8 ${D}${mandir}/man8/
 
-	install -d ${D}${datadir}/bash-completion/completions
-	install -m 0644 ${S}/docs/completions/lmp-device-register.bash \
-		${D}${datadir}/bash-completion/completions/lmp-device-register
-	install -d ${D}${datadir}/zsh/site-functions
-	install -m 0644 ${S}/docs/completions/_lmp-device-register ${D}${datadir}/zsh/site-functions/
-	install -d ${D}${datadir}/fish/vendor_completions.d
-	install -m 0644 ${S}/docs/completions/lmp-device-register.fish ${D}${datadir}/fish/vendor_completions.d/
+    install -d ${D}${datadir}/bash-completion/completions
+    install -m 0644 ${S}/docs/completions/lmp-device-register.bash \
+        ${D}${datadir}/bash-completion/completions/lmp-device-register
+    install -d ${D}${datadir}/zsh/site-functions
+    install -m 0644 ${S}/docs/completions/_lmp-device-register ${D}${datadir}/zsh/site-functions/
+    install -d ${D}${datadir}/fish/vendor_completions.d
+    install -m 0644 ${S}/docs/completions/lmp-device-register.fish ${D}${datadir}/fish/vendor_completions.d/
 }
 
 SYSTEMD_SERVICE:${PN} = "lmp-device-register.service"
 SYSTEMD_AUTO_ENABLE:${PN} = "enable"
-FILES:${PN} += "${systemd_system_unitdir}/lmp-device-register.service.d \
-    ${nonarch_libdir}/tmpfiles.d/lmp-device-register.conf"
 
 # Completions in packages of their own (an image with the bash-completion-pkgs
 # feature picks up the bash one). Not "inherit bash-completion": that class
 # also adds bash-completion to DEPENDS, which this build does not need.
 PACKAGES =+ "${PN}-bash-completion ${PN}-zsh-completion ${PN}-fish-completion"
-FILES:${PN}-bash-completion = "${datadir}/bash-completion"
-FILES:${PN}-zsh-completion = "${datadir}/zsh/site-functions"
-FILES:${PN}-fish-completion = "${datadir}/fish/vendor_completions.d"
+FILES:${PN} += "${systemd_system_unitdir}/lmp-device-register.service.d \
+                ${nonarch_libdir}/tmpfiles.d/lmp-device-register.conf"
+FILES:${PN}-bash-completion += "${datadir}/bash-completion"
+FILES:${PN}-zsh-completion += "${datadir}/zsh/site-functions"
+FILES:${PN}-fish-completion += "${datadir}/fish/vendor_completions.d"
 RDEPENDS:${PN}-bash-completion = "bash-completion"
 
 # fioconfig does the first configuration check-in; aktualizr-lite is started

@@ -1,10 +1,9 @@
 //! The optional config file (`/etc/lmp-device-register.toml`): the profile
-//! to run and one table per profile. Each profile deserialises its own table
-//! into a struct that refuses unknown keys, so a typo is an error that names
-//! the file and the key instead of a setting silently ignored.
+//! to run and one table per profile. A key that none of the profile's
+//! settings reads is refused, so a typo is an error that names the file and
+//! the key instead of a setting silently ignored.
 
 use super::devicefiles::read_optional;
-use crate::cli::ProfileName;
 use crate::error::{Error, Result};
 use std::path::{Path, PathBuf};
 
@@ -15,15 +14,16 @@ pub(super) struct ConfigFile {
 }
 
 impl ConfigFile {
-    /// `Ok(None)` when the file does not exist.
-    pub fn load(path: &Path) -> Result<Option<ConfigFile>> {
+    /// `Ok(None)` when the file does not exist; `tables` are the names its
+    /// tables may have (every profile's, even one this build leaves out).
+    pub fn load(path: &Path, tables: &[&str]) -> Result<Option<ConfigFile>> {
         let Some(text) = read_optional(path)? else {
             return Ok(None);
         };
-        Self::parse(path, &text).map(Some)
+        Self::parse(path, &text, tables).map(Some)
     }
 
-    fn parse(path: &Path, text: &str) -> Result<ConfigFile> {
+    fn parse(path: &Path, text: &str, known: &[&str]) -> Result<ConfigFile> {
         let bad = |what: String| Error::config(format!("{}: {what}", path.display()));
         let mut tables: toml::Table = text.parse().map_err(|e: toml::de::Error| {
             let line = e.span().map_or(0, |span| {
@@ -45,10 +45,10 @@ impl ConfigFile {
             }
         };
         for (key, value) in &tables {
-            if !ProfileName::ALL_NAMES.contains(&key.as_str()) {
+            if !known.contains(&key.as_str()) {
                 return Err(bad(format!(
                     "unknown key {key:?} (expected profile or a table named after a profile: {})",
-                    ProfileName::ALL_NAMES.join(", ")
+                    known.join(", ")
                 )));
             }
             if !value.is_table() {
@@ -62,33 +62,36 @@ impl ConfigFile {
         })
     }
 
-    /// The table `[name]` as `T`; an absent table is `T::default()`.
-    pub fn section<T: serde::de::DeserializeOwned + Default>(
-        &self,
-        name: &str,
-    ) -> std::result::Result<T, String> {
-        match self.tables.get(name) {
-            None => Ok(T::default()),
-            Some(value) => value.clone().try_into().map_err(|e: toml::de::Error| {
-                format!("{} [{name}]{}", self.path.display(), describe(&e))
-            }),
+    /// A key at the top of the file.
+    pub fn top(&self, key: &str) -> Option<toml::Value> {
+        match key {
+            "profile" => self.profile.clone().map(toml::Value::String),
+            _ => None,
         }
     }
-}
 
-/// ` key: what is wrong`, or `: what is wrong` when toml names no key (an
-/// unknown key names itself in the message). toml keeps the key of a value
-/// it could not use to itself; only its `Display` ends with "in `key`".
-fn describe(e: &toml::de::Error) -> String {
-    let message = e.message().trim();
-    let shown = e.to_string();
-    match shown
-        .lines()
-        .rev()
-        .find_map(|line| line.strip_prefix("in `")?.strip_suffix('`'))
-    {
-        Some(key) => format!(" {key}: {message}"),
-        None => format!(": {message}"),
+    /// `key` of the table `[table]`.
+    pub fn key(&self, table: &str, key: &str) -> Option<&toml::Value> {
+        self.tables.get(table)?.get(key)
+    }
+
+    /// The keys of `[table]` that are not `known`, as problems; worded as
+    /// serde words them.
+    pub fn unknown_keys(&self, table: &str, known: &[&str]) -> Vec<String> {
+        let Some(toml::Value::Table(keys)) = self.tables.get(table) else {
+            return Vec::new();
+        };
+        let expected: Vec<String> = known.iter().map(|k| format!("`{k}`")).collect();
+        keys.keys()
+            .filter(|key| !known.contains(&key.as_str()))
+            .map(|key| {
+                format!(
+                    "{} [{table}]: unknown field `{key}`, expected one of {}",
+                    self.path.display(),
+                    expected.join(", ")
+                )
+            })
+            .collect()
     }
 }
 
@@ -96,27 +99,29 @@ fn describe(e: &toml::de::Error) -> String {
 mod tests {
     use super::*;
 
-    #[derive(serde::Deserialize, Default, Debug)]
-    #[serde(deny_unknown_fields)]
-    struct Section {
-        url: Option<String>,
-        timeout: Option<u64>,
-    }
+    const TABLES: &[&str] = &["lmp", "losant", "tii"];
 
     fn parse(text: &str) -> Result<ConfigFile> {
-        ConfigFile::parse(Path::new("/etc/x.toml"), text)
+        ConfigFile::parse(Path::new("/etc/x.toml"), text, TABLES)
     }
 
     #[test]
-    fn profile_and_sections_are_read() {
+    fn profile_and_tables_are_read() {
         let file =
             parse("profile = \"lmp\"\n[losant]\nurl = \"https://x\"\ntimeout = 3\n").unwrap();
         assert_eq!(file.profile.as_deref(), Some("lmp"));
-        let section: Section = file.section("losant").unwrap();
-        assert_eq!(section.url.as_deref(), Some("https://x"));
-        assert_eq!(section.timeout, Some(3));
-        let absent: Section = file.section("tii").unwrap();
-        assert!(absent.url.is_none());
+        assert_eq!(file.top("profile"), Some(toml::Value::String("lmp".into())));
+        assert_eq!(
+            file.key("losant", "url").and_then(toml::Value::as_str),
+            Some("https://x")
+        );
+        assert_eq!(
+            file.key("losant", "timeout")
+                .and_then(toml::Value::as_integer),
+            Some(3)
+        );
+        assert!(file.key("tii", "url").is_none());
+        assert!(file.unknown_keys("losant", &["url", "timeout"]).is_empty());
     }
 
     #[test]
@@ -132,14 +137,9 @@ mod tests {
             assert!(err.contains(expected), "{err} should say {expected}");
         }
         let file = parse("[losant]\nurll = \"x\"\n").unwrap();
-        let err = file.section::<Section>("losant").unwrap_err();
-        assert!(err.contains("/etc/x.toml [losant]"), "{err}");
-        assert!(err.contains("urll"), "{err}");
-        let file = parse("[losant]\ntimeout = \"soon\"\n").unwrap();
-        let err = file.section::<Section>("losant").unwrap_err();
-        assert!(
-            err.starts_with("/etc/x.toml [losant] timeout: invalid type"),
-            "{err}"
+        assert_eq!(
+            file.unknown_keys("losant", &["url", "timeout"]),
+            ["/etc/x.toml [losant]: unknown field `urll`, expected one of `url`, `timeout`"]
         );
         let err = parse("profile = \"lmp\"\n\n[lmp\n")
             .err()

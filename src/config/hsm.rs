@@ -1,9 +1,54 @@
-//! The HSM configuration: `-m/-P/-S` and `/etc/sota/hsm`.
+//! The HSM configuration: `-m/-P/-S` and `/etc/sota/hsm`, for the profiles
+//! that keep their key in a PKCS#11 token.
 
 use super::devicefiles::{lookup, parse_shell_vars};
-use super::{Resolver, HSM_FILE};
+use super::setting::{flag, Declarations, Found, Kind, Setting, Source};
+use super::{Reported, Resolver, HSM_FILE};
 use crate::secret::Secret;
-use std::path::PathBuf;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+const MODULE: Setting<PathBuf> = Setting::new(
+    "HSM module",
+    "PKCS#11 module (.so) of the HSM",
+    &[
+        flag("hsm-module", 'm', "PATH"),
+        Source::Device {
+            doc: "`HSM_MODULE` in `/etc/sota/hsm`",
+            read: |r| r.hsm_file("HSM_MODULE"),
+        },
+    ],
+)
+.otherwise("a software key");
+
+const PIN: Setting<Secret> = Setting::new(
+    "HSM user PIN",
+    "PKCS#11 user PIN (visible in the process list; prefer /etc/sota/hsm)",
+    &[
+        flag("hsm-pin", 'P', "PIN"),
+        Source::Device {
+            doc: "`HSM_PIN` in `/etc/sota/hsm`",
+            read: |r| r.hsm_file("HSM_PIN"),
+        },
+    ],
+)
+.secret();
+
+const SO_PIN: Setting<Secret> = Setting::new(
+    "HSM security officer PIN",
+    "PKCS#11 security officer PIN (visible in the process list; prefer /etc/sota/hsm)",
+    &[
+        flag("hsm-so-pin", 'S', "PIN"),
+        Source::Device {
+            doc: "`HSM_SOPIN` in `/etc/sota/hsm`",
+            read: |r| r.hsm_file("HSM_SOPIN"),
+        },
+    ],
+)
+.secret();
+
+/// The settings of a key in a token, shared by the profiles that keep one.
+pub(crate) const SETTINGS: Declarations = &[&MODULE, &PIN, &SO_PIN];
 
 #[derive(Debug, Clone)]
 pub struct HsmSettings {
@@ -42,69 +87,75 @@ pub fn parse_hsm_file(text: &str) -> std::result::Result<HsmFile, String> {
     })
 }
 
-/// `None` when the file does not exist (or could not be read, which is
-/// recorded as a problem).
-fn read_hsm_file(r: &mut Resolver<'_>) -> Option<HsmFile> {
-    let path = r.path(HSM_FILE);
-    let text = r.read_secret(&path).ok().flatten()?;
-    match parse_hsm_file(&text) {
-        Ok(file) => Some(file),
-        Err(e) => {
-            r.problem(format!("{}: {e}", path.display()));
-            None
+impl HsmFile {
+    /// The value of one of its variables.
+    pub(super) fn get(&self, var: &str) -> Option<OsString> {
+        match var {
+            "HSM_MODULE" => self.module.clone().map(PathBuf::into_os_string),
+            "HSM_PIN" => self.pin.as_ref().map(|pin| pin.expose().into()),
+            "HSM_SOPIN" => self.so_pin.as_ref().map(|pin| pin.expose().into()),
+            _ => None,
         }
     }
 }
 
-pub(super) fn resolve(r: &mut Resolver<'_>) -> Option<HsmSettings> {
-    let cli = r.cli;
-    let pin = r.secret_flag(cli.hsm_pin.as_ref(), "--hsm-pin");
-    let so_pin = r.secret_flag(cli.hsm_so_pin.as_ref(), "--hsm-so-pin");
-    let hsm_file = r.path(HSM_FILE);
-
-    if let Some(module) = &cli.hsm_module {
-        let (pin, so_pin) = match (pin, so_pin) {
-            (Some(pin), Some(so_pin)) => (pin, so_pin),
-            (pin, so_pin) => {
-                // The PINs may live in the hsm file while the module is given on
-                // the command line.
-                let from_file = read_hsm_file(r).unwrap_or_default();
-                match (pin.or(from_file.pin), so_pin.or(from_file.so_pin)) {
-                    (Some(pin), Some(so_pin)) => (pin, so_pin),
-                    _ => {
-                        r.problem(format!(
-                            "--hsm-module needs both a user PIN and an SO PIN (-P/-S or HSM_PIN/HSM_SOPIN in {})",
-                            hsm_file.display()
-                        ));
-                        return None;
-                    }
-                }
-            }
-        };
-        r.origin("hsm", "command line");
-        return Some(HsmSettings {
-            module: module.clone(),
-            pin,
-            so_pin,
-        });
+/// `Ok(None)` when the file does not exist; `Err` when it cannot be read
+/// or parsed (recorded as a problem).
+pub(super) fn read_hsm_file(
+    r: &mut Resolver<'_>,
+    path: &Path,
+) -> Result<Option<HsmFile>, Reported> {
+    let Some(text) = r.read_secret(path)? else {
+        return Ok(None);
+    };
+    match parse_hsm_file(&text) {
+        Ok(file) => Ok(Some(file)),
+        Err(e) => {
+            r.problem(format!("{}: {e}", path.display()));
+            Err(Reported)
+        }
     }
-    if pin.is_some() || so_pin.is_some() {
+}
+
+fn on_command_line<T>(found: &Option<Found<T>>) -> bool {
+    matches!(
+        found,
+        Some(Found {
+            kind: Kind::CommandLine,
+            ..
+        })
+    )
+}
+
+/// The three settings together: all from the command line and the file,
+/// or none at all. A module on the command line may take its PINs from the
+/// file; PINs on the command line need the module there too; a file that
+/// names only part of it is broken, not a reason to fall back to a software
+/// key.
+pub(super) fn resolve(r: &mut Resolver<'_>) -> Option<HsmSettings> {
+    let hsm_file = r.path(HSM_FILE);
+    let module = r.found(&MODULE);
+    let pin = r.found(&PIN);
+    let so_pin = r.found(&SO_PIN);
+    let module_given = on_command_line(&module);
+    if !module_given && (on_command_line(&pin) || on_command_line(&so_pin)) {
         r.problem("--hsm-pin/--hsm-so-pin given without --hsm-module");
         return None;
     }
-    // A missing file means no HSM; a present one that names nothing is as
-    // broken as one that names only part of the configuration.
-    let from_file = read_hsm_file(r)?;
-    match (from_file.module, from_file.pin, from_file.so_pin) {
-        (Some(module), Some(pin), Some(so_pin)) => {
-            r.origin("hsm", hsm_file.display().to_string());
-            Some(HsmSettings {
-                module,
-                pin,
-                so_pin,
-            })
+    match (module, pin, so_pin) {
+        (Some(module), Some(pin), Some(so_pin)) => Some(HsmSettings {
+            module: module.value,
+            pin: pin.value,
+            so_pin: so_pin.value,
+        }),
+        _ if module_given => {
+            r.problem(format!(
+                "--hsm-module needs both a user PIN and an SO PIN (-P/-S or HSM_PIN/HSM_SOPIN in {})",
+                hsm_file.display()
+            ));
+            None
         }
-        (module, pin, so_pin) => {
+        (module, pin, so_pin) if r.hsm_file_exists() => {
             let missing: Vec<&str> = [
                 ("HSM_MODULE", module.is_none()),
                 ("HSM_PIN", pin.is_none()),
@@ -120,5 +171,7 @@ pub(super) fn resolve(r: &mut Resolver<'_>) -> Option<HsmSettings> {
             ));
             None
         }
+        // No file (or a broken one, reported already) and no flags.
+        _ => None,
     }
 }

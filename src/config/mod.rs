@@ -3,26 +3,37 @@
 //! of precedence). Nothing else in the agent reads the environment or these
 //! files.
 //!
-//! The [`Resolver`] holds every source and collects every problem it finds,
-//! so that a technician learns everything that is missing or wrong from one
-//! run. The settings shared by all profiles are resolved here; each profile
-//! resolves its own table through the same `Resolver` (see `profiles/`).
+//! Each setting is declared once, as data ([`Setting`], in `setting.rs`): its
+//! sources in order of precedence, its check, whether it is a secret, its
+//! help. The [`Resolver`] walks the declarations, records where each value
+//! came from, and collects every problem it finds, so that a technician
+//! learns everything that is missing or wrong from one run. The settings
+//! shared by all profiles are declared here; each profile declares its own
+//! beside its code (`profiles/*/config.rs`). `--help`, the man page and the
+//! tables of `docs/configuration.md` are made from the same declarations.
 
 mod devicefiles;
+pub(crate) mod docs;
 mod file;
 mod hsm;
+mod resolver;
+mod setting;
 
-pub(crate) use devicefiles::parse_shell_vars;
 pub use devicefiles::parse_single_line;
-pub(crate) use devicefiles::{lookup, read_optional, read_secret_optional};
+pub(crate) use devicefiles::{read_optional, read_secret_optional};
+pub(crate) use docs::help_text;
 pub use hsm::parse_hsm_file;
 pub(crate) use hsm::HsmSettings;
+// The settings API is public: it is how a profile declares and resolves its
+// settings, whichever profiles a build has.
+pub use resolver::Resolver;
+#[cfg(test)]
+pub(crate) use setting::table_problems;
+pub use setting::{
+    flag, long, Declarations, Describe, DeviceRead, Flag, Found, Kind, Raw, Setting, Source, Value,
+};
 
-use crate::cli::{parse_bool_word, Cli, ProfileName};
-use crate::error::{Error, Result};
 use crate::retry::RetryPolicy;
-use crate::secret::Secret;
-use file::ConfigFile;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -87,10 +98,41 @@ pub(crate) const OS_RELEASE: &str = "etc/os-release";
 
 /// CA certificates to trust for HTTPS instead of the system roots.
 #[derive(Debug, Clone)]
-pub(crate) struct CaBundle {
+pub struct CaBundle {
     pub path: PathBuf,
     pub certificates: Vec<rustls::pki_types::CertificateDer<'static>>,
 }
+
+/// A PEM file of CA certificates, read and checked while the settings are
+/// resolved, so that a wrong path is reported with the setting that named it.
+pub fn ca_bundle(path: PathBuf, what: &str) -> std::result::Result<CaBundle, String> {
+    let pem = match read_optional(&path) {
+        Ok(Some(pem)) => pem,
+        Ok(None) => return Err(format!("{what}: CA file {} does not exist", path.display())),
+        Err(e) => return Err(format!("{what}: {e}")),
+    };
+    match crate::x509::pem_certificates(&pem) {
+        Ok(certificates) if !certificates.is_empty() => Ok(CaBundle { path, certificates }),
+        Ok(_) => Err(format!("{what}: {} holds no certificate", path.display())),
+        Err(e) => Err(format!("{what}: {}: {e}", path.display())),
+    }
+}
+
+/// `--cacert`, which every profile takes.
+pub const CACERT_FLAG: Source = long("cacert", "PATH");
+
+/// The CA bundle of a profile that takes it from `--cacert` or `cacert` in
+/// its table.
+pub const CACERT: Setting<PathBuf, CaBundle> = Setting::new(
+    "CA certificates",
+    "Trust only the CA certificates in this PEM file for HTTPS, instead of the system roots",
+    &[CACERT_FLAG, Source::Key("cacert")],
+)
+.otherwise("the system roots")
+.check(ca_bundle);
+
+/// The settings of a key in a token, shared by the profiles that keep one.
+pub(crate) const HSM_SETTINGS: Declarations = hsm::SETTINGS;
 
 /// Settings every profile shares.
 #[derive(Debug)]
@@ -111,374 +153,7 @@ pub(crate) struct Common {
 
 /// A problem that has been recorded already; the caller need not report it.
 #[derive(Debug)]
-pub(crate) struct Reported;
-
-/// The sources of every setting, and the problems found so far.
-pub(crate) struct Resolver<'a> {
-    pub(crate) cli: &'a Cli,
-    env: &'a Environment,
-    root: PathBuf,
-    /// Flags given on the command line, by clap id.
-    given: Vec<String>,
-    file: Option<ConfigFile>,
-    os_release: Option<(PathBuf, Vec<(String, String)>)>,
-    hsm: Option<Option<HsmSettings>>,
-    origins: Vec<(String, String)>,
-    warnings: Vec<String>,
-    problems: Vec<String>,
-}
-
-impl<'a> Resolver<'a> {
-    /// Sets up the sources. Only a `--root` that does not exist, or a config
-    /// file that cannot be read, stop here: nothing else can be resolved
-    /// without them.
-    pub fn new(cli: &'a Cli, given: Vec<String>, env: &'a Environment) -> Result<Self> {
-        let root = cli.root.clone().unwrap_or_else(|| PathBuf::from("/"));
-        if !root.is_dir() {
-            return Err(Error::config(format!(
-                "--root {}: no such directory (nothing was created)",
-                root.display()
-            )));
-        }
-        let mut resolver = Resolver {
-            cli,
-            env,
-            root,
-            given,
-            file: None,
-            os_release: None,
-            hsm: None,
-            origins: Vec::new(),
-            warnings: Vec::new(),
-            problems: Vec::new(),
-        };
-        resolver.file = match &cli.config {
-            Some(path) => Some(ConfigFile::load(path)?.ok_or_else(|| {
-                Error::config(format!("--config {}: no such file", path.display()))
-            })?),
-            None => ConfigFile::load(&resolver.path(CONFIG_FILE))?,
-        };
-        if let Some(file) = &resolver.file {
-            resolver
-                .origins
-                .push(("config file".into(), file.path.display().to_string()));
-        }
-        resolver.load_os_release();
-        Ok(resolver)
-    }
-
-    /// A device path (`etc/...`, `var/...`) under `--root`.
-    pub fn path(&self, relative: &str) -> PathBuf {
-        self.root.join(relative)
-    }
-
-    /// A set, non-empty environment variable.
-    pub fn env(&self, key: &str) -> Option<&'a str> {
-        self.env.get(key)
-    }
-
-    /// A boolean environment variable (`1/true/yes/on`, `0/false/no/off`).
-    pub fn env_bool(&mut self, key: &str) -> Option<bool> {
-        let value = self.env(key)?;
-        match parse_bool_word(value) {
-            Ok(b) => Some(b),
-            Err(e) => {
-                self.problem(format!("environment {key}: {e}"));
-                None
-            }
-        }
-    }
-
-    /// The profile's table of the config file, deserialised into `T`
-    /// (unknown keys and wrong types are problems naming the file and key).
-    pub fn section<T: serde::de::DeserializeOwned + Default>(&mut self, name: &str) -> T {
-        let Some(file) = &self.file else {
-            return T::default();
-        };
-        match file.section(name) {
-            Ok(section) => section,
-            Err(e) => {
-                self.problem(e);
-                T::default()
-            }
-        }
-    }
-
-    /// How a key of the profile's table is named in messages and origins.
-    pub fn file_key(&self, section: &str, key: &str) -> String {
-        match &self.file {
-            Some(file) => format!("{} [{section}] {key}", file.path.display()),
-            None => format!("[{section}] {key} of {}", self.path(CONFIG_FILE).display()),
-        }
-    }
-
-    /// A variable of `/etc/os-release` (under `--root`) and the path it was
-    /// read from.
-    pub fn os_release(&self, key: &str) -> Option<(String, String)> {
-        let (path, vars) = self.os_release.as_ref()?;
-        lookup(vars, key).map(|v| (v.to_string(), path.display().to_string()))
-    }
-
-    /// os-release is read whether or not a setting needs it: a broken one
-    /// is a problem on any image.
-    fn load_os_release(&mut self) {
-        let path = self.path(OS_RELEASE);
-        let vars = match self.read_optional(&path) {
-            Ok(Some(text)) => parse_shell_vars(&text).unwrap_or_else(|e| {
-                self.problem(format!("{}: {e}", path.display()));
-                Vec::new()
-            }),
-            Ok(None) | Err(Reported) => Vec::new(),
-        };
-        self.os_release = Some((path, vars));
-    }
-
-    /// A small device file; `Ok(None)` when it does not exist, `Err` when
-    /// it cannot be used (recorded as a problem already).
-    pub fn read_optional(&mut self, path: &Path) -> std::result::Result<Option<String>, Reported> {
-        read_optional(path).map_err(|e| {
-            self.problem(e.to_string());
-            Reported
-        })
-    }
-
-    /// Like [`Resolver::read_optional`] for a file that holds a secret.
-    pub fn read_secret(
-        &mut self,
-        path: &Path,
-    ) -> std::result::Result<Option<zeroize::Zeroizing<String>>, Reported> {
-        match read_secret_optional(path) {
-            Ok(text) => Ok(text.map(zeroize::Zeroizing::new)),
-            Err(e) => {
-                self.problem(e.to_string());
-                Err(Reported)
-            }
-        }
-    }
-
-    /// A file holding one secret line (an API or registration token), with
-    /// a warning when others can read it; `Ok(None)` when it does not exist,
-    /// `Err` when it cannot be used (recorded as a problem already). `what`
-    /// names the file in errors, `secret` the value in the origins.
-    pub fn secret_line(
-        &mut self,
-        path: &Path,
-        what: &str,
-        secret: &str,
-    ) -> std::result::Result<Option<Secret>, Reported> {
-        let Some(text) = self.read_secret(path)? else {
-            return Ok(None);
-        };
-        let line = parse_single_line(&text, what).map_err(|e| {
-            self.problem(format!("{}: {e}", path.display()));
-            Reported
-        })?;
-        if let Some(mode) = readable_by_others(path) {
-            self.warn(format!(
-                "{} is readable by group or others (mode {mode:o}); it should be 0600",
-                path.display()
-            ));
-        }
-        self.origin(secret, path.display().to_string());
-        Ok(Some(Secret::new(line)))
-    }
-
-    /// A secret given on the command line: used, with a warning.
-    pub fn secret_flag(&mut self, value: Option<&String>, flag: &str) -> Option<Secret> {
-        value.map(|v| {
-            self.warn(format!(
-                "{flag} puts a secret on the command line, readable by every local user; use a file instead"
-            ));
-            Secret::new(v.clone())
-        })
-    }
-
-    /// A path from the profile's `section` of the config file. A relative one
-    /// is reported, not used: it would depend on the working directory, which
-    /// is `/` under the boot unit and anything in a technician's shell.
-    pub fn configured_path(
-        &mut self,
-        section: &str,
-        key: &str,
-        path: Option<PathBuf>,
-    ) -> Result<Option<PathBuf>, Reported> {
-        match path {
-            Some(relative) if relative.is_relative() => {
-                let what = self.file_key(section, key);
-                self.problem(format!(
-                    "{what} {}: must be an absolute path",
-                    relative.display()
-                ));
-                Err(Reported)
-            }
-            path => Ok(path),
-        }
-    }
-
-    /// The CA bundle trusted instead of the system roots: `--cacert`, else
-    /// `cacert` in the profile's `section` of the config file.
-    pub fn cacert(&mut self, section: &str, configured: Option<&PathBuf>) -> Option<CaBundle> {
-        let cli = self.cli;
-        if let Some(path) = &cli.cacert {
-            return self.ca_bundle(path.clone(), "--cacert");
-        }
-        let path = configured?.clone();
-        let what = self.file_key(section, "cacert");
-        self.ca_bundle(path, &what)
-    }
-
-    /// A PEM file of CA certificates, read and checked now so that a wrong
-    /// path is reported with the setting that named it.
-    pub fn ca_bundle(&mut self, path: PathBuf, origin: &str) -> Option<CaBundle> {
-        let pem = match read_optional(&path) {
-            Ok(Some(pem)) => pem,
-            Ok(None) => {
-                self.problem(format!(
-                    "{origin}: CA file {} does not exist",
-                    path.display()
-                ));
-                return None;
-            }
-            Err(e) => {
-                self.problem(format!("{origin}: {e}"));
-                return None;
-            }
-        };
-        match crate::x509::pem_certificates(&pem) {
-            Ok(certificates) if !certificates.is_empty() => {
-                self.origin("CA certificates", format!("{} ({origin})", path.display()));
-                Some(CaBundle { path, certificates })
-            }
-            Ok(_) => {
-                self.problem(format!("{origin}: {} holds no certificate", path.display()));
-                None
-            }
-            Err(e) => {
-                self.problem(format!("{origin}: {}: {e}", path.display()));
-                None
-            }
-        }
-    }
-
-    pub fn origin(&mut self, what: impl Into<String>, from: impl Into<String>) {
-        self.origins.push((what.into(), from.into()));
-    }
-
-    pub fn warn(&mut self, warning: impl Into<String>) {
-        self.warnings.push(warning.into());
-    }
-
-    /// Records a problem; resolution goes on so that all are reported.
-    pub fn problem(&mut self, problem: impl Into<String>) {
-        self.problems.push(problem.into());
-    }
-
-    /// The HSM configuration, for profiles that keep their key in a token:
-    /// `-m/-P/-S` and `/etc/sota/hsm`. Read once.
-    pub fn hsm(&mut self) -> Option<&HsmSettings> {
-        if self.hsm.is_none() {
-            let hsm = hsm::resolve(self);
-            self.hsm = Some(hsm);
-        }
-        self.hsm.as_ref().and_then(Option::as_ref)
-    }
-
-    /// Flags given on the command line that belong to another profile.
-    fn foreign_flags(&self, profile: ProfileName, uses_key: bool) -> Vec<String> {
-        use clap::CommandFactory;
-        // Built only to name a foreign flag, which a normal run has none of.
-        let command = std::cell::LazyCell::new(Cli::command);
-        let long_name = |id: &str| {
-            command
-                .get_arguments()
-                .find(|a| a.get_id() == id)
-                .and_then(|a| a.get_long())
-                .map_or_else(|| id.to_string(), |l| format!("--{l}"))
-        };
-        let mut foreign = Vec::new();
-        for id in &self.given {
-            match crate::cli::profile_of_flag(id) {
-                Some(owner) if owner != profile => foreign.push(format!(
-                    "{} belongs to the {} profile, not {}",
-                    long_name(id),
-                    owner.as_str(),
-                    profile.as_str()
-                )),
-                None if !uses_key
-                    && matches!(id.as_str(), "hsm_module" | "hsm_pin" | "hsm_so_pin") =>
-                {
-                    foreign.push(format!(
-                        "{} is not used by the {} profile, which keeps no key",
-                        long_name(id),
-                        profile.as_str()
-                    ))
-                }
-                _ => {}
-            }
-        }
-        foreign
-    }
-
-    /// The profile to run: `--profile`, `REGISTER_PROFILE`, the config
-    /// file's `profile`, else `lmp`.
-    pub fn profile(&mut self) -> ProfileName {
-        if let Some(profile) = self.cli.profile {
-            self.origin("profile", "command line");
-            return profile;
-        }
-        let (name, origin) = if let Some(name) = self.env("REGISTER_PROFILE") {
-            (name.to_string(), "environment REGISTER_PROFILE".to_string())
-        } else if let Some(file) = &self.file {
-            match &file.profile {
-                Some(name) => (name.clone(), format!("{} profile", file.path.display())),
-                None => return ProfileName::default(),
-            }
-        } else {
-            return ProfileName::default();
-        };
-        match ProfileName::parse(&name) {
-            Ok(profile) => {
-                self.origin("profile", origin);
-                profile
-            }
-            Err(e) => {
-                self.problem(format!("{origin}: {e}"));
-                ProfileName::default()
-            }
-        }
-    }
-
-    /// The shared settings and the end of resolution: every problem found
-    /// (here or by the profile) is reported at once.
-    pub fn finish(mut self, profile: ProfileName, uses_key: bool) -> Result<Common> {
-        for foreign in self.foreign_flags(profile, uses_key) {
-            self.problem(foreign);
-        }
-        let cli = self.cli;
-        let hsm = if uses_key { self.hsm().cloned() } else { None };
-        let mut retry = if cli.boot {
-            RetryPolicy::boot()
-        } else {
-            RetryPolicy::interactive()
-        };
-        if let Some(seconds) = cli.retry_deadline {
-            retry.deadline = Duration::from_secs(seconds);
-        }
-        if !self.problems.is_empty() {
-            return Err(Error::config(problem_report(&self.problems)));
-        }
-        Ok(Common {
-            boot: cli.boot,
-            force: cli.force.unwrap_or(false),
-            hsm,
-            retry,
-            request_timeout: Duration::from_secs(cli.request_timeout),
-            clock_wait: Duration::from_secs(if cli.boot { 15 * 60 } else { 30 }),
-            origins: self.origins,
-            warnings: self.warnings,
-        })
-    }
-}
+pub struct Reported;
 
 /// One problem as it is; several as a numbered list on one line each.
 fn problem_report(problems: &[String]) -> String {
@@ -502,7 +177,7 @@ fn readable_by_others(path: &Path) -> Option<u32> {
 }
 
 /// Splits a comma-separated list, dropping empty entries.
-pub(crate) fn split_list(value: &str) -> Vec<String> {
+pub fn split_list(value: &str) -> Vec<String> {
     value
         .split(',')
         .map(str::trim)
@@ -512,7 +187,7 @@ pub(crate) fn split_list(value: &str) -> Vec<String> {
 }
 
 /// An http(s) URL with a host.
-pub(crate) fn parse_url(what: &str, value: &str) -> std::result::Result<reqwest::Url, String> {
+pub fn parse_url(what: &str, value: &str) -> std::result::Result<reqwest::Url, String> {
     // A value refused for any reason may still carry a password before an
     // `@`; such a value is not echoed.
     let shown = if value.contains('@') {

@@ -7,30 +7,240 @@
 //! The types a profile returns live here, beside the trait, so that no
 //! profile imports `flow` and no shared piece imports a profile.
 //!
-//! Adding a profile `foo` (cargo feature `foo`, on by default):
-//! - `cli::ProfileName::Foo` (`#[cfg(feature = "foo")]`), its `as_str`, and
-//!   its flags in `cli::profile_of_flag`;
-//! - `profiles/foo/`: a settings resolver reading the `[foo]` table through
-//!   `config::Resolver::section` into a `#[serde(deny_unknown_fields)]`
-//!   struct, and a type implementing [`Backend`];
-//! - a `Profile::Foo` variant, its arm in `dispatch!`, `Profile::resolve`
-//!   and `Profile::name`.
+//! A profile is registered by one line of [`for_each_profile!`]; its module
+//! declares its settings and resolves them ([`FromSettings`]). Everything
+//! else that lists the profiles (the [`Profile`] enum, `--profile`, the
+//! flags, the docs' tables) is made from that list. `docs/adding-a-profile.md`
+//! walks through adding one.
 
-#[cfg(feature = "azure-dps")]
-pub mod azure_dps;
-pub mod lmp;
-#[cfg(feature = "losant")]
-pub mod losant;
-#[cfg(feature = "tii")]
-pub mod tii;
-
-use crate::cli::ProfileName;
-use crate::config::{Common, Resolver};
-use crate::error::Result;
+use crate::cli::CommandLine;
+use crate::config::{Common, Declarations, Environment, Resolver, Setting, Source};
+use crate::error::{Error, Result};
 use crate::keys::pkcs11::Token;
 use crate::keys::{DeviceKey, KeySpec};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
+
+/// Every profile, one line each: its name (which is also its table in the
+/// config file and, for all but lmp, its cargo feature) and its type, in
+/// its module of the same name.
+macro_rules! for_each_profile {
+    ($then:ident ! $args:tt) => {
+        $then! { $args
+            "lmp" => lmp::Lmp,
+            #[cfg(feature = "losant")] "losant" => losant::Losant,
+            #[cfg(feature = "tii")] "tii" => tii::Tii,
+            #[cfg(feature = "azure-dps")] "azure-dps" => azure_dps::AzureDps,
+        }
+    };
+}
+
+/// The modules, the [`Profile`] enum and the [`REGISTERED`] list.
+macro_rules! declare_profiles {
+    ([] $( $(#[$cfg:meta])* $name:literal => $module:ident :: $type:ident, )*) => {
+        $( $(#[$cfg])* pub mod $module; )*
+
+        /// The profile this run registers with.
+        // One value per run: the size of its largest variant costs nothing.
+        #[allow(clippy::large_enum_variant)]
+        pub(crate) enum Profile {
+            $( $(#[$cfg])* $type($module::$type), )*
+        }
+
+        /// Every profile name, including those a smaller build leaves out,
+        /// so that a config file written for a full build still reads.
+        pub const ALL_NAMES: &[&str] = &[$($name),*];
+
+        /// The profiles of this build.
+        pub(crate) const REGISTERED: &[Registration] = &[
+            $( $(#[$cfg])* Registration {
+                name: $name,
+                about: <$module::$type as FromSettings>::ABOUT,
+                settings: <$module::$type as FromSettings>::SETTINGS,
+                resolve: |r| <$module::$type as FromSettings>::resolve(r).map(Profile::$type),
+            }, )*
+        ];
+
+        impl Profile {
+            pub fn name(&self) -> &'static str {
+                match self {
+                    $( $(#[$cfg])* Profile::$type(_) => $name, )*
+                }
+            }
+        }
+    };
+}
+
+for_each_profile!(declare_profiles![]);
+
+/// The arms of [`dispatch!`].
+macro_rules! dispatch_arms {
+    ([$self:expr, $profile:ident => $body:expr]
+     $( $(#[$cfg:meta])* $name:literal => $module:ident :: $type:ident, )*) => {
+        match $self {
+            $( $(#[$cfg])* Profile::$type($profile) => $body, )*
+        }
+    };
+}
+
+/// Calls the same method on whichever profile this is.
+macro_rules! dispatch {
+    ($self:expr, $profile:ident => $body:expr) => {
+        for_each_profile!(dispatch_arms![$self, $profile => $body])
+    };
+}
+
+/// How a profile comes from the settings.
+pub(crate) trait FromSettings: Backend + Sized {
+    /// One line for the docs.
+    const ABOUT: &'static str;
+    /// Its settings, in the order the docs list them.
+    const SETTINGS: Declarations;
+    /// Its settings, resolved and checked: `None` when one is missing or
+    /// wrong (the resolver has the problems).
+    fn resolve(r: &mut Resolver<'_>) -> Option<Self>;
+}
+
+/// A profile of this build, as `--profile` and the docs know it.
+pub(crate) struct Registration {
+    pub name: &'static str,
+    pub about: &'static str,
+    pub settings: Declarations,
+    resolve: fn(&mut Resolver<'_>) -> Option<Profile>,
+}
+
+/// The profile of this build called `name`, or why there is none.
+fn registered(name: String, what: &str) -> std::result::Result<&'static Registration, String> {
+    if let Some(registration) = REGISTERED.iter().find(|p| p.name == name) {
+        return Ok(registration);
+    }
+    if ALL_NAMES.contains(&name.as_str()) {
+        Err(format!(
+            "{what}: this build has no {name} profile (it was built without the cargo feature {name})"
+        ))
+    } else {
+        Err(format!(
+            "{what}: unknown profile {name:?} (known: {})",
+            ALL_NAMES.join(", ")
+        ))
+    }
+}
+
+const PROFILE: Setting<String, &'static Registration> = Setting::new(
+    "profile",
+    "Registration profile (fleet backend)",
+    &[
+        crate::config::long("profile", "PROFILE"),
+        Source::Env("REGISTER_PROFILE"),
+        Source::TopKey("profile"),
+        Source::Default("lmp"),
+    ],
+)
+.check(registered);
+
+/// The settings every profile shares.
+pub(crate) const SHARED: Declarations = &[&PROFILE];
+
+/// Resolves the settings of a run: the profile's and the shared ones, with
+/// every problem reported at once. It reads the device's files and changes
+/// nothing, so a command can resolve without registering.
+pub(crate) fn resolve(command_line: &CommandLine, env: &Environment) -> Result<(Common, Profile)> {
+    let mut r = Resolver::new(command_line, env, ALL_NAMES)?;
+    let chosen = r.get(&PROFILE).unwrap_or(&REGISTERED[0]);
+    r.enter_table(chosen.name, chosen.settings);
+    let profile = (chosen.resolve)(&mut r);
+    let uses_key = profile.as_ref().is_some_and(|p| p.key_spec().is_some());
+    refuse_foreign_flags(&mut r, chosen, uses_key);
+    let common = r.finish(uses_key)?;
+    let profile = profile.ok_or_else(|| Error::internal("the profile settings are incomplete"))?;
+    Ok((common, profile))
+}
+
+/// The flags of `settings`.
+fn flags(settings: Declarations) -> impl Iterator<Item = &'static str> {
+    settings
+        .iter()
+        .filter_map(|setting| setting.flag())
+        .map(|flag| flag.long)
+}
+
+/// A flag of another profile, or of a key for a profile that keeps none,
+/// is refused: it would be silently ignored.
+fn refuse_foreign_flags(r: &mut Resolver<'_>, chosen: &Registration, uses_key: bool) {
+    let given = |long: &str| r.command_line().value(long).is_some();
+    let mut foreign = Vec::new();
+    for other in REGISTERED.iter().filter(|p| p.name != chosen.name) {
+        for long in flags(other.settings) {
+            let named = foreign.iter().any(|(l, _): &(&str, String)| *l == long);
+            if given(long) && !named && !flags(chosen.settings).any(|l| l == long) {
+                let problem = format!(
+                    "--{long} belongs to the {} profile, not {}",
+                    other.name, chosen.name
+                );
+                foreign.push((long, problem));
+            }
+        }
+    }
+    if !uses_key {
+        for long in flags(crate::config::HSM_SETTINGS).filter(|long| given(long)) {
+            let problem = format!(
+                "--{long} is not used by the {} profile, which keeps no key",
+                chosen.name
+            );
+            foreign.push((long, problem));
+        }
+    }
+    for (_, problem) in foreign {
+        r.problem(problem);
+    }
+}
+
+/// Every declared setting: each profile's (lmp's first: the C++ tool's
+/// flags lead `--help`), then the shared ones.
+fn all_declarations() -> impl Iterator<Item = &'static dyn crate::config::Describe> {
+    REGISTERED
+        .iter()
+        .map(|p| p.settings)
+        .chain([crate::config::HSM_SETTINGS, SHARED])
+        .flatten()
+        .copied()
+}
+
+/// The flags of the declared settings, each once, for the command line.
+pub(crate) fn declared_flags() -> Vec<clap::Arg> {
+    let mut seen = Vec::new();
+    let mut args = Vec::new();
+    for setting in all_declarations() {
+        match setting.flag() {
+            Some(flag) if !seen.contains(&flag.long) => seen.push(flag.long),
+            _ => continue,
+        }
+        args.extend(crate::cli::declared_arg(setting));
+    }
+    args
+}
+
+/// The settings tables of `docs/configuration.md`, made from the
+/// declarations: (marker, Markdown) for the shared settings, the settings
+/// of a key in a token, and each profile of this build.
+pub fn settings_tables() -> Vec<(String, String)> {
+    use crate::config::docs::markdown_table;
+    let mut tables = vec![
+        ("shared".to_string(), markdown_table(SHARED, "")),
+        (
+            "hsm".to_string(),
+            markdown_table(crate::config::HSM_SETTINGS, ""),
+        ),
+    ];
+    for profile in REGISTERED {
+        let table = markdown_table(profile.settings, profile.name);
+        tables.push((
+            profile.name.to_string(),
+            format!("{}.\n\n{table}", profile.about),
+        ));
+    }
+    tables
+}
 
 /// A file a profile asks the flow to store in its state dir.
 #[derive(Clone, Serialize, Deserialize)]
@@ -137,6 +347,26 @@ pub(crate) trait Checkpoint {
     fn store_identity(&self, files: Vec<StoredFile>) -> Result<()>;
 }
 
+/// What a profile's service does when an identity it accepted asks again:
+/// what an answer the device could not store costs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Answers {
+    /// It answers again (DPS assigns the same device again): a lost answer
+    /// costs one more request.
+    // Only azure-dps answers again so far.
+    #[cfg_attr(not(feature = "azure-dps"), allow(dead_code))]
+    Again,
+    /// It answers once, or may (Losant's credentials, TII's fleet-manager
+    /// result, a factory API that answers 409 for a known device): an answer
+    /// the device does not store is lost, and the device with it. The flow
+    /// keeps trying to store it, and says plainly when it cannot.
+    Once {
+        /// Where the device must then be deleted, e.g. "the Losant
+        /// application".
+        service: &'static str,
+    },
+}
+
 /// One fleet backend.
 pub(crate) trait Backend {
     /// Where the profile's files live; the flow locks it and keeps the
@@ -160,68 +390,18 @@ pub(crate) trait Backend {
     /// The id of an identity stored by an earlier run through the
     /// [`Checkpoint`] (its first-stage files are in the state dir, and a
     /// software key beside them), which this run continues.
-    fn stored_identity(&self) -> Option<String> {
-        None
+    /// Only a missing file means "none"; a file that cannot be read is an
+    /// error, so that a stored identity is never taken for absent and
+    /// replaced.
+    fn stored_identity(&self) -> Result<Option<String>> {
+        Ok(None)
     }
+    /// Whether the service answers an accepted identity again.
+    fn answers(&self) -> Answers;
     /// The network steps: what the server accepted, ready to store.
     async fn enrol(&self, enrolment: Enrolment<'_>) -> Result<Answer>;
     /// Steps after the commit (the key and token are closed by then).
     fn after_commit(&self) -> Vec<(&'static str, StepOutcome)>;
-}
-
-/// The profile this run registers with.
-// One value per run: the size of its largest variant costs nothing.
-#[allow(clippy::large_enum_variant)]
-pub(crate) enum Profile {
-    Lmp(lmp::Lmp),
-    #[cfg(feature = "losant")]
-    Losant(losant::Losant),
-    #[cfg(feature = "tii")]
-    Tii(tii::Tii),
-    #[cfg(feature = "azure-dps")]
-    AzureDps(azure_dps::AzureDps),
-}
-
-/// Calls the same method on whichever profile this is.
-macro_rules! dispatch {
-    ($self:expr, $profile:ident => $body:expr) => {
-        match $self {
-            Profile::Lmp($profile) => $body,
-            #[cfg(feature = "losant")]
-            Profile::Losant($profile) => $body,
-            #[cfg(feature = "tii")]
-            Profile::Tii($profile) => $body,
-            #[cfg(feature = "azure-dps")]
-            Profile::AzureDps($profile) => $body,
-        }
-    };
-}
-
-impl Profile {
-    /// The settings of profile `name`, through the shared resolver.
-    pub fn resolve(r: &mut Resolver<'_>, name: ProfileName) -> Option<Profile> {
-        match name {
-            ProfileName::Lmp => lmp::Lmp::resolve(r).map(Profile::Lmp),
-            #[cfg(feature = "losant")]
-            ProfileName::Losant => losant::Losant::resolve(r).map(Profile::Losant),
-            #[cfg(feature = "tii")]
-            ProfileName::Tii => tii::Tii::resolve(r).map(Profile::Tii),
-            #[cfg(feature = "azure-dps")]
-            ProfileName::AzureDps => azure_dps::AzureDps::resolve(r).map(Profile::AzureDps),
-        }
-    }
-
-    pub fn name(&self) -> ProfileName {
-        match self {
-            Profile::Lmp(_) => ProfileName::Lmp,
-            #[cfg(feature = "losant")]
-            Profile::Losant(_) => ProfileName::Losant,
-            #[cfg(feature = "tii")]
-            Profile::Tii(_) => ProfileName::Tii,
-            #[cfg(feature = "azure-dps")]
-            Profile::AzureDps(_) => ProfileName::AzureDps,
-        }
-    }
 }
 
 impl Backend for Profile {
@@ -249,13 +429,122 @@ impl Backend for Profile {
     fn new_id(&self, token: Option<&Token>) -> String {
         dispatch!(self, p => p.new_id(token))
     }
-    fn stored_identity(&self) -> Option<String> {
+    fn stored_identity(&self) -> Result<Option<String>> {
         dispatch!(self, p => p.stored_identity())
+    }
+    fn answers(&self) -> Answers {
+        dispatch!(self, p => p.answers())
     }
     async fn enrol(&self, enrolment: Enrolment<'_>) -> Result<Answer> {
         dispatch!(self, p => p.enrol(enrolment).await)
     }
     fn after_commit(&self) -> Vec<(&'static str, StepOutcome)> {
         dispatch!(self, p => p.after_commit())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{table_problems, Describe};
+
+    /// A value of the TOML type the docs name.
+    fn sample(toml_type: &str) -> toml::Value {
+        match toml_type {
+            "boolean" => toml::Value::Boolean(true),
+            "integer" => toml::Value::Integer(60),
+            "array of strings" => toml::Value::Array(vec!["a".into()]),
+            "absolute path" => toml::Value::String("/etc/x".into()),
+            _ => toml::Value::String("x".into()),
+        }
+    }
+
+    fn keys(setting: &dyn Describe) -> impl Iterator<Item = &'static str> {
+        setting.sources().iter().filter_map(|source| match source {
+            Source::Key(key) => Some(*key),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn every_declared_key_takes_its_type_and_no_other_key_is_taken() {
+        for profile in REGISTERED {
+            let mut table = toml::Table::new();
+            for setting in profile.settings {
+                for key in keys(*setting) {
+                    table.insert(key.into(), sample(setting.toml_type()));
+                }
+            }
+            assert!(!table.is_empty(), "{} reads no key", profile.name);
+            assert_eq!(
+                table_problems(profile.settings, &table),
+                Vec::<String>::new()
+            );
+            let (key, _) = table.iter().next().unwrap();
+            let key = key.clone();
+            // No declared type takes an array of integers.
+            table.insert(key.clone(), toml::Value::Array(vec![1.into()]));
+            table.insert("no_such_key".into(), sample("string"));
+            let problems = table_problems(profile.settings, &table);
+            assert_eq!(problems.len(), 2, "{problems:?}");
+            let wrong_type = format!("{key}: invalid type");
+            assert!(
+                problems.iter().any(|p| p.starts_with(&wrong_type)),
+                "{problems:?}"
+            );
+            assert!(
+                problems.contains(&"unknown key no_such_key".into()),
+                "{problems:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn names_keys_and_flags_are_declared_once_per_profile() {
+        for profile in REGISTERED {
+            let settings = || [profile.settings, SHARED, crate::config::HSM_SETTINGS].concat();
+            let mut names: Vec<&str> = settings().iter().map(|s| s.name()).collect();
+            let mut keys: Vec<&str> = settings().iter().flat_map(|s| keys(*s)).collect();
+            let flags = settings()
+                .iter()
+                .filter_map(|s| s.flag())
+                .copied()
+                .collect::<Vec<_>>();
+            let mut longs: Vec<&str> = flags.iter().map(|f| f.long).collect();
+            let mut shorts: Vec<char> = flags.iter().filter_map(|f| f.short).collect();
+            let count = (names.len(), keys.len(), longs.len(), shorts.len());
+            names.sort();
+            names.dedup();
+            keys.sort();
+            keys.dedup();
+            longs.sort();
+            longs.dedup();
+            shorts.sort();
+            shorts.dedup();
+            let unique = (names.len(), keys.len(), longs.len(), shorts.len());
+            assert_eq!(count, unique, "{}: names, keys, flags", profile.name);
+        }
+    }
+
+    #[test]
+    fn a_profile_resolves_only_settings_it_declares() {
+        let root = tempfile::tempdir().unwrap();
+        let root_arg = root.path().to_str().unwrap();
+        let command_line = CommandLine::try_parse_from(["x", "--root", root_arg]).unwrap();
+        let env = Environment::default();
+        for profile in REGISTERED {
+            let mut r = Resolver::new(&command_line, &env, ALL_NAMES).unwrap();
+            r.enter_table(profile.name, profile.settings);
+            let _ = (profile.resolve)(&mut r);
+            r.hsm();
+            let declared = [profile.settings, SHARED, crate::config::HSM_SETTINGS].concat();
+            for name in &r.consulted {
+                assert!(
+                    declared.iter().any(|s| s.name() == *name),
+                    "{}: {name} is resolved but not declared",
+                    profile.name
+                );
+            }
+        }
     }
 }

@@ -1,9 +1,9 @@
 //! The azure-dps profile's settings: the `[azure-dps]` table of the config
 //! file (and `--cacert`), checked and completed with the defaults.
 
-use crate::config::{parse_url, CaBundle, Resolver};
-use serde::Deserialize;
+use crate::config::{ca_bundle, parse_url, CaBundle, Declarations, Resolver, Setting, Source, CACERT};
 use std::path::PathBuf;
+use Source::{Default, Key, UnderRoot};
 
 pub(crate) const DEFAULT_ENDPOINT: &str = "https://global.azure-devices-provisioning.net";
 pub(crate) const DEFAULT_API_VERSION: &str = "2021-10-01";
@@ -13,22 +13,77 @@ const DEFAULT_STATE_DIR: &str = "var/lib/azure-dps";
 /// common name, which X.509 limits to 64 characters.
 const MAX_REGISTRATION_ID: usize = 64;
 
+/// The profile's table in the config file (its name).
 pub(crate) const TABLE: &str = "azure-dps";
 
-/// The `[azure-dps]` table of the config file.
-#[derive(Deserialize, Default, Debug)]
-#[serde(deny_unknown_fields)]
-struct Table {
-    id_scope: Option<String>,
-    endpoint: Option<String>,
-    api_version: Option<String>,
-    registration_id: Option<String>,
-    payload: Option<String>,
-    enrol_url: Option<String>,
-    factory_ca: Option<PathBuf>,
-    cacert: Option<PathBuf>,
-    state_dir: Option<PathBuf>,
-}
+const ID_SCOPE: Setting<String> = Setting::new(
+    "DPS ID scope",
+    "The ID scope of the Device Provisioning Service (Azure portal, DPS overview)",
+    &[Key("id_scope")],
+)
+.required()
+.check(id_scope);
+
+const ENDPOINT: Setting<String, reqwest::Url> = Setting::new(
+    "DPS endpoint",
+    "The Device Provisioning Service's global endpoint (https)",
+    &[Key("endpoint"), Default(DEFAULT_ENDPOINT)],
+)
+.check(endpoint);
+
+const API_VERSION: Setting<String> = Setting::new(
+    "api version",
+    "The DPS REST api-version",
+    &[Key("api_version"), Default(DEFAULT_API_VERSION)],
+)
+.check(api_version);
+
+const REGISTRATION_ID: Setting<String> = Setting::new(
+    "registration id",
+    "The device's DPS registration id, also its certificate's common name",
+    &[Key("registration_id")],
+)
+.otherwise("the device UUID")
+.check(registration_id);
+
+const PAYLOAD: Setting<String, serde_json::Value> = Setting::new(
+    "payload",
+    "JSON sent to DPS with the registration (custom allocation policies read it)",
+    &[Key("payload")],
+)
+.check(json);
+
+const ENROL_URL: Setting<String, reqwest::Url> = Setting::new(
+    "factory enrolment",
+    "The factory's enrolment endpoint, for a device without a certificate",
+    &[Key("enrol_url")],
+)
+.check(url);
+
+const FACTORY_CA: Setting<PathBuf, CaBundle> = Setting::new(
+    "factory CA",
+    "The CA the factory's certificate chain must verify to",
+    &[Key("factory_ca")],
+)
+.check(ca_bundle);
+
+const STATE_DIR: Setting<PathBuf> = Setting::new(
+    "state dir",
+    "Where the key, the certificate and assignment.json go",
+    &[Key("state_dir"), UnderRoot(DEFAULT_STATE_DIR)],
+);
+
+pub(super) const SETTINGS: Declarations = &[
+    &ID_SCOPE,
+    &ENDPOINT,
+    &API_VERSION,
+    &REGISTRATION_ID,
+    &PAYLOAD,
+    &ENROL_URL,
+    &FACTORY_CA,
+    &CACERT,
+    &STATE_DIR,
+];
 
 #[derive(Debug)]
 pub(crate) struct AzureDpsSettings {
@@ -83,117 +138,62 @@ fn is_api_version(version: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
 }
 
-pub(crate) fn resolve(r: &mut Resolver<'_>) -> Option<AzureDpsSettings> {
-    let mut table: Table = r.section(TABLE);
-    let key = |r: &Resolver<'_>, name: &str| r.file_key(TABLE, name);
-
-    for (name, path) in [
-        ("state_dir", &mut table.state_dir),
-        ("factory_ca", &mut table.factory_ca),
-        ("cacert", &mut table.cacert),
-    ] {
-        *path = r
-            .configured_path(TABLE, name, path.take())
-            .unwrap_or_default();
+fn id_scope(scope: String, what: &str) -> Result<String, String> {
+    match scope.trim() {
+        scope if is_id_scope(scope) => Ok(scope.to_string()),
+        _ => Err(format!(
+            "{what} {scope:?} is not a DPS ID scope (letters and digits, e.g. 0ne00000A0A)"
+        )),
     }
+}
 
-    let id_scope = match &table.id_scope {
-        Some(scope) if is_id_scope(scope.trim()) => Some(scope.trim().to_string()),
-        Some(scope) => {
-            let what = key(r, "id_scope");
-            r.problem(format!(
-                "{what} {scope:?} is not a DPS ID scope (letters and digits, e.g. 0ne00000A0A)"
-            ));
-            None
-        }
-        None => {
-            let what = key(r, "id_scope");
-            r.problem(format!(
-                "missing {what}: the ID scope of the Device Provisioning Service (Azure portal, DPS overview)"
-            ));
-            None
-        }
-    };
-    if id_scope.is_some() {
-        let what = key(r, "id_scope");
-        r.origin("DPS ID scope", what);
-    }
+fn url(value: String, what: &str) -> Result<reqwest::Url, String> {
+    parse_url(what, &value)
+}
 
-    let endpoint = match &table.endpoint {
-        Some(url) => {
-            let what = key(r, "endpoint");
-            r.origin("DPS endpoint", what.clone());
-            parse_url(&what, url).map_err(|e| r.problem(e)).ok()
-        }
-        None => parse_url("the default DPS endpoint", DEFAULT_ENDPOINT)
-            .map_err(|e| r.problem(e))
-            .ok(),
-    };
-    let endpoint = endpoint.filter(|url| {
-        if url.scheme() == "https" {
-            return true;
-        }
-        let what = key(r, "endpoint");
-        r.problem(format!(
+/// DPS knows the device by its TLS client certificate.
+fn endpoint(value: String, what: &str) -> Result<reqwest::Url, String> {
+    let url = parse_url(what, &value)?;
+    if url.scheme() != "https" {
+        return Err(format!(
             "{what} {url} must be https: DPS knows the device by its TLS client certificate"
         ));
-        false
-    });
-
-    let api_version = table
-        .api_version
-        .clone()
-        .unwrap_or_else(|| DEFAULT_API_VERSION.to_string());
-    if !is_api_version(&api_version) {
-        let what = key(r, "api_version");
-        r.problem(format!("{what} {api_version:?} is not an api-version"));
     }
+    Ok(url)
+}
 
-    let registration_id = table.registration_id.clone();
-    if let Some(id) = &registration_id {
-        let what = key(r, "registration_id");
-        match check_registration_id(id) {
-            Ok(()) => r.origin("registration id", what),
-            Err(why) => r.problem(format!("{what} {id:?} cannot be a registration id: {why}")),
-        }
+fn api_version(version: String, what: &str) -> Result<String, String> {
+    if !is_api_version(&version) {
+        return Err(format!("{what} {version:?} is not an api-version"));
     }
+    Ok(version)
+}
 
-    let payload = match &table.payload {
-        None => None,
-        Some(text) => match serde_json::from_str::<serde_json::Value>(text) {
-            Ok(value) => Some(value),
-            Err(e) => {
-                let what = key(r, "payload");
-                r.problem(format!("{what} is not JSON: {e}"));
-                None
-            }
-        },
-    };
+fn registration_id(id: String, what: &str) -> Result<String, String> {
+    check_registration_id(&id)
+        .map_err(|why| format!("{what} {id:?} cannot be a registration id: {why}"))?;
+    Ok(id)
+}
 
-    let enrol_url = match &table.enrol_url {
-        Some(url) => {
-            let what = key(r, "enrol_url");
-            r.origin("factory enrolment", what.clone());
-            parse_url(&what, url).map_err(|e| r.problem(e)).ok()
-        }
-        None => None,
-    };
+fn json(text: String, what: &str) -> Result<serde_json::Value, String> {
+    serde_json::from_str(&text).map_err(|e| format!("{what} is not JSON: {e}"))
+}
 
-    let factory_ca = table.factory_ca.clone().and_then(|path| {
-        let what = key(r, "factory_ca");
-        r.ca_bundle(path, &what)
-    });
-    let cacert = r.cacert(TABLE, table.cacert.as_ref());
-    let state_dir = table
-        .state_dir
-        .clone()
-        .unwrap_or_else(|| r.path(DEFAULT_STATE_DIR));
-
+pub(crate) fn resolve(r: &mut Resolver<'_>) -> Option<AzureDpsSettings> {
+    let state_dir = r.get(&STATE_DIR);
+    let id_scope = r.get(&ID_SCOPE);
+    let endpoint = r.get(&ENDPOINT);
+    let api_version = r.get(&API_VERSION);
+    let registration_id = r.get(&REGISTRATION_ID);
+    let payload = r.get(&PAYLOAD);
+    let enrol_url = r.get(&ENROL_URL);
+    let factory_ca = r.get(&FACTORY_CA);
+    let cacert = r.get(&CACERT);
     Some(AzureDpsSettings {
-        state_dir,
+        state_dir: state_dir?,
         id_scope: id_scope?,
         endpoint: endpoint?,
-        api_version,
+        api_version: api_version?,
         registration_id,
         payload,
         enrol_url,

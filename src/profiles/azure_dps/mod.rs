@@ -13,8 +13,8 @@ pub(crate) mod config;
 pub(crate) mod dps;
 pub(crate) mod factory;
 
-use super::{report_fields, Answer, Backend, Enrolment, StepOutcome, StoredFile};
-use crate::config::{Common, Resolver};
+use super::{report_fields, Answer, Answers, Backend, Enrolment, FromSettings, StepOutcome, StoredFile};
+use crate::config::{Common, Declarations, Resolver};
 use crate::csr::{build_csr_pem, CsrSubject};
 use crate::error::{Error, ErrorKind, Result};
 use crate::http::{self, HttpError};
@@ -94,10 +94,6 @@ impl Pkcs11Location {
 }
 
 impl AzureDps {
-    pub fn resolve(r: &mut Resolver<'_>) -> Option<AzureDps> {
-        config::resolve(r).map(|settings| AzureDps { settings })
-    }
-
     fn dir(&self) -> &Path {
         &self.settings.state_dir
     }
@@ -112,7 +108,7 @@ impl AzureDps {
                 path.display()
             ))
         };
-        let pem = crate::config::read_optional(&path)?
+        let pem = crate::store::read_stored_text(self.dir(), CERTIFICATE_FILE)?
             .ok_or_else(|| unusable("it has disappeared".into()))?;
         // The same checks as at the factory: a certificate that expired or
         // no longer fits the key or the factory CA can only be replaced.
@@ -208,6 +204,15 @@ impl AzureDps {
     }
 }
 
+impl FromSettings for AzureDps {
+    const ABOUT: &'static str = "Azure IoT Hub Device Provisioning Service: a certificate from the factory, then DPS with it";
+    const SETTINGS: Declarations = config::SETTINGS;
+
+    fn resolve(r: &mut Resolver<'_>) -> Option<AzureDps> {
+        config::resolve(r).map(|settings| AzureDps { settings })
+    }
+}
+
 impl Backend for AzureDps {
     fn state_dir(&self) -> &Path {
         self.dir()
@@ -226,7 +231,7 @@ impl Backend for AzureDps {
     }
 
     fn preflight(&self, common: &Common) -> Result<()> {
-        let needs_certificate = common.force || self.stored_identity().is_none();
+        let needs_certificate = common.force || self.stored_identity()?.is_none();
         if needs_certificate && self.settings.enrol_url.is_none() {
             return Err(Error::config(format!(
                 "{} holds no device certificate{} and no enrol_url is configured in [{}] to get one from the factory",
@@ -285,27 +290,30 @@ impl Backend for AzureDps {
         uuid
     }
 
-    /// The common name of `device.crt`, when it is a registration id.
-    fn stored_identity(&self) -> Option<String> {
-        let path = self.dir().join(CERTIFICATE_FILE);
-        let pem = match crate::config::read_optional(&path) {
-            Ok(pem) => pem?,
-            Err(e) => {
-                tracing::warn!("{e}");
-                return None;
-            }
+    /// The registration id `device.crt` names. Only a missing file means
+    /// none: the factory's certificate is never replaced without --force,
+    /// so one that cannot be read is an error (exit 1, retried by the unit)
+    /// and one that names no registration id needs a person to decide.
+    fn stored_identity(&self) -> Result<Option<String>> {
+        let Some(pem) = crate::store::read_stored_text(self.dir(), CERTIFICATE_FILE)? else {
+            return Ok(None);
         };
         let id = crate::x509::pem_certificates(&pem)
             .ok()
             .and_then(|chain| crate::x509::common_name(chain.first()?))
             .filter(|id| config::check_registration_id(id).is_ok());
-        if id.is_none() {
-            tracing::warn!(
-                "{} holds no certificate for a registration id; it is not used",
-                path.display()
-            );
+        match id {
+            Some(id) => Ok(Some(id)),
+            None => Err(Error::config(format!(
+                "{} holds no certificate for a registration id; run with --force to replace it with a new identity",
+                self.dir().join(CERTIFICATE_FILE).display()
+            ))),
         }
-        id
+    }
+
+    fn answers(&self) -> Answers {
+        // DPS assigns a registration id again whenever it asks.
+        Answers::Again
     }
 
     async fn enrol(&self, enrolment: Enrolment<'_>) -> Result<Answer> {

@@ -2,24 +2,20 @@
 //! `[lmp]` table of the config file, the device's own files, and the build
 //! defaults, in that order.
 
-use crate::cli::parse_bool_word;
-use crate::config::{parse_single_line, parse_url, split_list, CaBundle, Reported, Resolver};
+use crate::config::{
+    ca_bundle, flag, long, parse_url, CaBundle, Declarations, Found, Kind, Raw,
+    Reported, Resolver, Setting, Source, CACERT_FLAG,
+};
 use crate::secret::Secret;
-use serde::Deserialize;
 use std::path::{Path, PathBuf};
+use Source::{Build, Default, Env, Key, OsRelease, UnderRoot};
 
 /// Build-time defaults, set by the Yocto recipe through the environment of
 /// `cargo build` (see README.md, "Build-time defaults").
 pub mod build {
     pub const HARDWARE_ID: Option<&str> = option_env!("HARDWARE_ID");
-    pub const DEVICE_API: &str = match option_env!("DEVICE_API") {
-        Some(url) => url,
-        None => "https://api.foundries.io/ota/devices/",
-    };
-    pub const OAUTH_BASE: &str = match option_env!("OAUTH_BASE") {
-        Some(url) => url,
-        None => "https://app.foundries.io/oauth",
-    };
+    pub const DEVICE_API: Option<&str> = option_env!("DEVICE_API");
+    pub const OAUTH_BASE: Option<&str> = option_env!("OAUTH_BASE");
     /// `PRODUCTION` at build time; parsed with the same words as at run time.
     pub const PRODUCTION: Option<&str> = option_env!("PRODUCTION");
     /// Whether the image runs compose apps (the `composeapp` PACKAGECONFIG,
@@ -46,26 +42,280 @@ mod paths {
     pub const FIOCONFIG_SECRETS: &str = "run/secrets";
 }
 
-/// The `[lmp]` table of the config file.
-#[derive(Deserialize, Default, Debug)]
-#[serde(deny_unknown_fields)]
-struct Table {
-    device_api: Option<String>,
-    oauth_api: Option<String>,
-    factory: Option<String>,
-    tags: Option<String>,
-    hardware_id: Option<String>,
-    name: Option<String>,
-    group: Option<String>,
-    production: Option<bool>,
-    apps: Option<Vec<String>>,
-    token_file: Option<PathBuf>,
-    token_header: Option<String>,
-    sota_dir: Option<PathBuf>,
-    cacert: Option<PathBuf>,
-    start_daemon: Option<bool>,
-    use_ostree_server: Option<bool>,
-}
+const API_TOKEN: Setting<Secret> = Setting::new(
+    "api token",
+    "API token (visible to every local user in the process list; prefer --api-token-file)",
+    &[flag("api-token", 'T', "TOKEN")],
+)
+.secret();
+
+const TOKEN_FILE: Setting<PathBuf> = Setting::new(
+    "token file",
+    "File holding the API token",
+    &[
+        long("api-token-file", "PATH"),
+        Env("TOKEN_FILE"),
+        Key("token_file"),
+        UnderRoot(paths::TOKEN_FILE),
+    ],
+)
+.otherwise("the OAuth device flow (on a terminal) when that file does not exist");
+
+const TOKEN_HEADER: Setting<String> = Setting::new(
+    "token header",
+    "HTTP header that carries the API token",
+    &[
+        flag("api-token-header", 'H', "HEADER"),
+        Key("token_header"),
+        Default(DEFAULT_TOKEN_HEADER),
+    ],
+)
+.check(header_name);
+
+const FACTORY: Setting<String> = Setting::new(
+    "factory",
+    "Factory name",
+    &[
+        flag("factory", 'f', "FACTORY"),
+        Env("DEVICE_FACTORY"),
+        Key("factory"),
+        OsRelease("LMP_FACTORY"),
+    ],
+)
+.required()
+.check(factory_name);
+
+const TAGS: Setting<String> = Setting::new(
+    "tags",
+    "Only apply updates from Targets with these tags",
+    &[
+        flag("tags", 't', "TAGS"),
+        Key("tags"),
+        Source::Line {
+            path: paths::TAG_FILE,
+            what: "the tag file",
+        },
+        OsRelease("LMP_FACTORY_TAG"),
+    ],
+)
+.required()
+.check(tags);
+
+const HARDWARE_ID: Setting<String> = Setting::new(
+    "hardware id",
+    "Hardware id of the device type (the Yocto MACHINE)",
+    &[
+        flag("hwid", 'i', "HWID"),
+        Key("hardware_id"),
+        Build {
+            var: "HARDWARE_ID",
+            value: build::HARDWARE_ID,
+        },
+        OsRelease("LMP_MACHINE"),
+    ],
+)
+.required()
+.check(hardware_id);
+
+const UUID: Setting<String> = Setting::new(
+    "UUID",
+    "Device UUID",
+    &[flag("uuid", 'u', "UUID")],
+)
+.otherwise("from the PKCS#11 slot description, else a random v4 UUID")
+.check(printable_uuid);
+
+const VALIDATE_UUID: Setting<bool> = Setting::new(
+    "validate UUID",
+    "Refuse a UUID that is not in 8-4-4-4-12 hex form",
+    &[flag("validate-uuid", 'v', "BOOL"), Default("true")],
+);
+
+const NAME: Setting<String> = Setting::new(
+    "name",
+    "Device name shown in the dashboard",
+    &[
+        flag("name", 'n', "NAME"),
+        Key("name"),
+        Source::Device {
+            doc: "`/etc/hostname`, when `USE_HOSTNAME` is on",
+            read: hostname,
+        },
+    ],
+)
+.otherwise("the UUID")
+.check(device_name);
+
+const USE_HOSTNAME: Setting<bool> = Setting::new(
+    "use hostname",
+    "Name the device after /etc/hostname",
+    &[Env("USE_HOSTNAME"), Default("false")],
+);
+
+const GROUP: Setting<String, Option<String>> = Setting::new(
+    "group",
+    "Put the device into this device group",
+    &[flag("device-group", 'g', "DEVICE_GROUP"), Key("group")],
+)
+.otherwise("none")
+.check(unless_empty);
+
+const PRODUCTION: Setting<bool> = Setting::new(
+    "production",
+    "Mark the device as a production device",
+    &[
+        flag("production", 'p', "BOOL"),
+        Env("PRODUCTION"),
+        Key("production"),
+        Build {
+            var: "PRODUCTION",
+            value: build::PRODUCTION,
+        },
+        Default("false"),
+    ],
+);
+
+const SOTA_DIR: Setting<PathBuf> = Setting::new(
+    "sota dir",
+    "Directory for keys and configuration",
+    &[
+        flag("sota-dir", 'd', "DIR"),
+        Key("sota_dir"),
+        UnderRoot(paths::SOTA_DIR),
+    ],
+);
+
+const APPS: Setting<Vec<String>> = Setting::new(
+    "apps",
+    "Comma-separated compose apps to run",
+    &[
+        flag("apps", 'a', "APPS"),
+        Env("APPS"),
+        Key("apps"),
+        Source::Device {
+            doc: "the entries of `/var/sota/compose-apps/` (in an image with compose apps)",
+            read: preloaded_apps,
+        },
+    ],
+)
+.otherwise("not sent");
+
+const RESTORABLE_APPS: Setting<Vec<String>> = Setting::new(
+    "restorable apps",
+    "Comma-separated restorable apps",
+    &[
+        flag("restorable-apps", 'A', "RESTORABLE_APPS"),
+        Source::Device {
+            doc: "all apps, when `/var/sota/reset-apps` exists (in an image with compose apps)",
+            read: reset_apps,
+        },
+    ],
+)
+.otherwise("not sent");
+
+const IMAGE_HAS_COMPOSE_APPS: Setting<bool> = Setting::new(
+    "image has compose apps",
+    "The image runs compose apps (the composeapp PACKAGECONFIG)",
+    &[
+        Build {
+            var: "DOCKER_COMPOSE_APP",
+            value: build::DOCKER_COMPOSE_APP,
+        },
+        Default("true"),
+    ],
+);
+
+const START_DAEMON: Setting<bool> = Setting::new(
+    "start aktualizr-lite",
+    "Start aktualizr-lite after registering",
+    &[
+        long("start-daemon", "BOOL"),
+        Key("start_daemon"),
+        Default("true"),
+    ],
+);
+
+const USE_OSTREE_SERVER: Setting<bool> = Setting::new(
+    "OSTree proxy",
+    "Pull ostree content through the OSTree proxy server",
+    &[
+        long("use-ostree-server", "BOOL"),
+        Key("use_ostree_server"),
+        Default("true"),
+    ],
+);
+
+const MLOCK_ALL: Setting<bool> = Setting::new(
+    "mlock all",
+    "Accepted for compatibility; the agent keeps no secret in swappable buffers for long",
+    &[flag("mlock-all", 'l', "BOOL")],
+);
+
+const DEVICE_API: Setting<String, reqwest::Url> = Setting::new(
+    "API URL",
+    "Registration API endpoint",
+    &[
+        long("device-api", "URL"),
+        Env("DEVICE_API"),
+        Key("device_api"),
+        Build {
+            var: "DEVICE_API",
+            value: build::DEVICE_API,
+        },
+        Default("https://api.foundries.io/ota/devices/"),
+    ],
+)
+.check(url);
+
+const OAUTH_BASE: Setting<String, reqwest::Url> = Setting::new(
+    "OAuth URL",
+    "OAuth2 base URL for interactive authorisation",
+    &[
+        long("oauth-api", "URL"),
+        Env("OAUTH_BASE"),
+        Key("oauth_api"),
+        Build {
+            var: "OAUTH_BASE",
+            value: build::OAUTH_BASE,
+        },
+        Default("https://app.foundries.io/oauth"),
+    ],
+)
+.check(url);
+
+const CACERT: Setting<PathBuf, CaBundle> = Setting::new(
+    "factory CA",
+    "Trust only the CA certificates in this PEM file for HTTPS, instead of the system roots",
+    &[CACERT_FLAG, Env("DEVICE_API_CACERT"), Key("cacert")],
+)
+.otherwise("the system roots")
+.check(ca_bundle);
+
+/// In the order of the C++ tool's flags, which `--help` keeps.
+pub(super) const SETTINGS: Declarations = &[
+    &API_TOKEN,
+    &TOKEN_FILE,
+    &TOKEN_HEADER,
+    &FACTORY,
+    &TAGS,
+    &HARDWARE_ID,
+    &UUID,
+    &VALIDATE_UUID,
+    &NAME,
+    &USE_HOSTNAME,
+    &GROUP,
+    &PRODUCTION,
+    &SOTA_DIR,
+    &APPS,
+    &RESTORABLE_APPS,
+    &IMAGE_HAS_COMPOSE_APPS,
+    &START_DAEMON,
+    &USE_OSTREE_SERVER,
+    &MLOCK_ALL,
+    &DEVICE_API,
+    &OAUTH_BASE,
+    &CACERT,
+];
 
 /// Where fioconfig finds its configuration and puts its secrets: the same
 /// places this run used, so a check-in under `--root` or `-d` reads what the
@@ -141,314 +391,192 @@ fn list_dir_names(dir: &Path) -> Result<Option<Vec<String>>, String> {
     Ok(Some(names))
 }
 
-/// The compose apps to configure and the restorable apps, if any. Asked for
-/// (flag, `APPS`, the config file) they are always configured; otherwise they
-/// come from the image's preloaded apps, which an image built without compose
-/// apps does not have: the C++ tool built without them sends no compose-app
-/// settings at all, and neither does the agent then.
-fn resolve_apps(
-    r: &mut Resolver<'_>,
-    table_apps: Option<&Vec<String>>,
-    image_has_compose_apps: bool,
-) -> (Option<Vec<String>>, Option<Vec<String>>) {
-    let cli = r.cli;
-    let apps = if let Some(a) = &cli.apps {
-        Some(split_list(a))
-    } else if let Some(a) = r.env("APPS") {
-        Some(split_list(a))
-    } else if let Some(a) = table_apps {
-        Some(a.clone())
-    } else if image_has_compose_apps {
-        list_dir_names(&r.path(paths::COMPOSE_APPS)).unwrap_or_else(|e| {
-            r.problem(e);
-            None
-        })
-    } else {
-        None
-    };
-    let restorable_apps = match &cli.restorable_apps {
-        Some(list) => Some(split_list(list)),
-        None if image_has_compose_apps && r.path(paths::RESET_APPS).exists() => Some(Vec::new()),
-        None => None,
-    };
-    (apps, restorable_apps)
+fn header_name(header: String, what: &str) -> Result<String, String> {
+    match reqwest::header::HeaderName::from_bytes(header.as_bytes()) {
+        Ok(_) => Ok(header),
+        Err(_) => Err(format!("{what}: {header:?} is not a valid HTTP header name")),
+    }
 }
 
-fn url(r: &mut Resolver<'_>, what: &str, value: &str) -> Option<reqwest::Url> {
-    parse_url(what, value).map_err(|e| r.problem(e)).ok()
+/// "lmp" is what an image built without a factory says.
+fn factory_name(factory: String, what: &str) -> Result<String, String> {
+    match factory.trim() {
+        "" => Err(format!("missing factory: {what} is empty")),
+        "lmp" => Err(format!("missing factory: {what} says \"lmp\", which is not a factory")),
+        name => Ok(name.to_string()),
+    }
+}
+
+fn tags(tags: String, what: &str) -> Result<String, String> {
+    let tags = tags.trim();
+    if tags.is_empty() {
+        return Err(format!("missing tag: {what} is empty"));
+    }
+    if tags.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!("tag {tags:?} ({what}) must not contain whitespace"));
+    }
+    Ok(tags.to_string())
+}
+
+fn hardware_id(id: String, what: &str) -> Result<String, String> {
+    match id.trim() {
+        "" => Err(format!("missing hardware id: {what} is empty")),
+        id => Ok(id.to_string()),
+    }
+}
+
+fn printable_uuid(uuid: String, _what: &str) -> Result<String, String> {
+    if uuid.is_empty() || uuid.chars().any(|c| c.is_control() || c == '/') {
+        return Err("the UUID must be non-empty printable text".into());
+    }
+    Ok(uuid)
+}
+
+fn device_name(name: String, _what: &str) -> Result<String, String> {
+    if name.is_empty() {
+        return Err("the device name must not be empty".into());
+    }
+    Ok(name)
+}
+
+/// An empty value means "none".
+fn unless_empty(value: String, _what: &str) -> Result<Option<String>, String> {
+    Ok(Some(value).filter(|v| !v.is_empty()))
+}
+
+fn url(value: String, what: &str) -> Result<reqwest::Url, String> {
+    parse_url(what, &value)
+}
+
+/// `/etc/hostname`, when `USE_HOSTNAME` asks for it.
+fn hostname(r: &mut Resolver<'_>) -> Result<Option<Found<Raw>>, Reported> {
+    if !r.get(&USE_HOSTNAME).unwrap_or(false) {
+        return Ok(None);
+    }
+    let path = r.path(paths::HOSTNAME);
+    match r.read_optional(&path)? {
+        Some(text) => match crate::config::parse_single_line(&text, "the hostname file") {
+            Ok(host) => Ok(Some(Found::device(Raw::text(host), path.display().to_string()))),
+            Err(e) => {
+                r.problem(format!("{}: {e}", path.display()));
+                Err(Reported)
+            }
+        },
+        None => {
+            r.problem(format!(
+                "{}: USE_HOSTNAME is set but the file does not exist",
+                path.display()
+            ));
+            Err(Reported)
+        }
+    }
+}
+
+/// The image's preloaded compose apps. An image built without compose apps
+/// has none: the C++ tool built without them sends no compose-app settings
+/// at all, and neither does the agent then (unless it is asked to).
+fn preloaded_apps(r: &mut Resolver<'_>) -> Result<Option<Found<Raw>>, Reported> {
+    let image_has_compose_apps = r.get(&IMAGE_HAS_COMPOSE_APPS).unwrap_or(true);
+    preloaded_apps_in(r, image_has_compose_apps)
+}
+
+fn preloaded_apps_in(
+    r: &mut Resolver<'_>,
+    image_has_compose_apps: bool,
+) -> Result<Option<Found<Raw>>, Reported> {
+    if !image_has_compose_apps {
+        return Ok(None);
+    }
+    let dir = r.path(paths::COMPOSE_APPS);
+    match list_dir_names(&dir) {
+        Ok(names) => Ok(names.map(|names| {
+            let names = names.into_iter().map(toml::Value::String).collect();
+            Found::device(Raw::Toml(toml::Value::Array(names)), dir.display().to_string())
+        })),
+        Err(e) => {
+            r.problem(e);
+            Err(Reported)
+        }
+    }
+}
+
+/// Restorable apps on, for all apps, when the image asks for it.
+fn reset_apps(r: &mut Resolver<'_>) -> Result<Option<Found<Raw>>, Reported> {
+    let image_has_compose_apps = r.get(&IMAGE_HAS_COMPOSE_APPS).unwrap_or(true);
+    Ok(reset_apps_in(r, image_has_compose_apps))
+}
+
+fn reset_apps_in(r: &Resolver<'_>, image_has_compose_apps: bool) -> Option<Found<Raw>> {
+    let marker = r.path(paths::RESET_APPS);
+    let on = image_has_compose_apps && marker.exists();
+    on.then(|| Found::device(Raw::text(""), marker.display().to_string()))
+}
+
+/// The API token: `-T`, else the token file. A token file someone named
+/// must exist; the default one need not (the OAuth device flow is asked
+/// for then).
+fn token(r: &mut Resolver<'_>) -> Option<Secret> {
+    if let Some(token) = r.get(&API_TOKEN) {
+        return Some(token);
+    }
+    let file = r.found(&TOKEN_FILE)?;
+    match r.secret_line(&file.value, "the token file", "api token") {
+        Ok(Some(token)) => Some(token),
+        Ok(None) if file.kind != Kind::Default => {
+            let path = file.value.display();
+            r.problem(format!("{}: token file {path} does not exist", file.from));
+            None
+        }
+        Ok(None) | Err(Reported) => None,
+    }
+}
+
+/// A UUID not in the form the API expects is refused unless `-v 0`.
+fn check_uuid_form(r: &mut Resolver<'_>, uuid: Option<&str>) {
+    let Some(uuid) = uuid.filter(|uuid| !is_canonical_uuid(uuid)) else {
+        return;
+    };
+    if r.get(&VALIDATE_UUID).unwrap_or(true) {
+        r.problem(format!(
+            "invalid UUID {uuid:?}: expected the 8-4-4-4-12 hex form (pass --validate-uuid 0 to allow it anyway)"
+        ));
+    } else {
+        r.warn(format!(
+            "UUID {uuid:?} is not in 8-4-4-4-12 hex form; using it because --validate-uuid 0"
+        ));
+    }
+}
+
+fn check_pin(r: &mut Resolver<'_>) {
+    if r.hsm().is_some_and(|hsm| !pin_is_readable_by_aktualizr(hsm.pin.expose())) {
+        r.problem(
+            "the HSM user PIN may only hold printable ASCII without spaces, quotes (\" ') or backslashes: aktualizr-lite reads sota.toml with a parser that would change such a PIN",
+        );
+    }
 }
 
 pub fn resolve(r: &mut Resolver<'_>) -> Option<LmpSettings> {
-    let cli = r.cli;
-    let mut table: Table = r.section("lmp");
-    let key = |r: &Resolver<'_>, name: &str| r.file_key("lmp", name);
-    for (name, path) in [
-        ("sota_dir", &mut table.sota_dir),
-        ("cacert", &mut table.cacert),
-    ] {
-        *path = r
-            .configured_path("lmp", name, path.take())
-            .unwrap_or_default();
-    }
-    let token_file = r.configured_path("lmp", "token_file", table.token_file.take());
-
-    let sota_dir = match (&cli.sota_dir, &table.sota_dir) {
-        (Some(dir), _) => dir.clone(),
-        (None, Some(dir)) => dir.clone(),
-        (None, None) => r.path(paths::SOTA_DIR),
-    };
-
-    // Factory.
-    let factory = if let Some(f) = &cli.factory {
-        Some((f.clone(), "command line".to_string()))
-    } else if let Some(f) = r.env("DEVICE_FACTORY") {
-        Some((f.to_string(), "environment DEVICE_FACTORY".to_string()))
-    } else if let Some(f) = &table.factory {
-        Some((f.clone(), key(r, "factory")))
-    } else {
-        r.os_release("LMP_FACTORY")
-    };
-    let factory = match factory {
-        Some((f, from)) if !matches!(f.trim(), "" | "lmp") => {
-            r.origin("factory", from);
-            Some(f.trim().to_string())
-        }
-        _ => {
-            r.problem(format!(
-                "missing factory: pass --factory, set DEVICE_FACTORY or factory in [lmp] of the config file, or build the image with LMP_FACTORY in {} (\"lmp\" is not a factory)",
-                r.path(crate::config::OS_RELEASE).display()
-            ));
-            None
-        }
-    };
-
-    // Tags.
-    let tag_path = r.path(paths::TAG_FILE);
-    let mut tag_broken = false;
-    let tags = if let Some(t) = &cli.tags {
-        Some((t.trim().to_string(), "command line".to_string()))
-    } else if let Some(t) = &table.tags {
-        Some((t.trim().to_string(), key(r, "tags")))
-    } else {
-        match r.read_optional(&tag_path) {
-            Ok(Some(text)) => match parse_single_line(&text, "the tag file") {
-                Ok(tag) => Some((tag, tag_path.display().to_string())),
-                Err(e) => {
-                    r.problem(format!("{}: {e}", tag_path.display()));
-                    tag_broken = true;
-                    None
-                }
-            },
-            Ok(None) => r
-                .os_release("LMP_FACTORY_TAG")
-                .map(|(t, from)| (t.trim().to_string(), from)),
-            Err(Reported) => {
-                tag_broken = true;
-                None
-            }
-        }
-    };
-    let tags = match tags {
-        Some((tags, from)) if !tags.is_empty() => {
-            if tags.chars().any(|c| c.is_whitespace() || c.is_control()) {
-                r.problem(format!("tag {tags:?} ({from}) must not contain whitespace"));
-            }
-            r.origin("tags", from);
-            Some(tags)
-        }
-        Some(_) | None => {
-            if !tag_broken {
-                r.problem(format!(
-                    "missing tag: pass --tags, set tags in [lmp] of the config file, or provide {} or LMP_FACTORY_TAG in {}",
-                    tag_path.display(),
-                    r.path(crate::config::OS_RELEASE).display()
-                ));
-            }
-            None
-        }
-    };
-
-    // Hardware id: the image's MACHINE, built in or from os-release.
-    let hardware_id = if let Some(h) = &cli.hwid {
-        Some((h.clone(), "command line".to_string()))
-    } else if let Some(h) = &table.hardware_id {
-        Some((h.clone(), key(r, "hardware_id")))
-    } else if let Some(h) = build::HARDWARE_ID {
-        Some((h.to_string(), "build default".to_string()))
-    } else {
-        r.os_release("LMP_MACHINE")
-    };
-    let hardware_id = match hardware_id {
-        Some((h, from)) if !h.trim().is_empty() => {
-            r.origin("hardware id", from);
-            Some(h.trim().to_string())
-        }
-        _ => {
-            r.problem(format!(
-                "missing hardware id: pass --hwid or set hardware_id in [lmp] of the config file (this build has no HARDWARE_ID default and {} has no LMP_MACHINE)",
-                r.path(crate::config::OS_RELEASE).display()
-            ));
-            None
-        }
-    };
-
-    // UUID.
-    if let Some(uuid) = &cli.uuid {
-        if uuid.is_empty() || uuid.chars().any(|c| c.is_control() || c == '/') {
-            r.problem("the UUID must be non-empty printable text");
-        } else if !is_canonical_uuid(uuid) {
-            if cli.validate_uuid.unwrap_or(true) {
-                r.problem(format!(
-                    "invalid UUID {uuid:?}: expected the 8-4-4-4-12 hex form (pass --validate-uuid 0 to allow it anyway)"
-                ));
-            } else {
-                r.warn(format!(
-                    "UUID {uuid:?} is not in 8-4-4-4-12 hex form; using it because --validate-uuid 0"
-                ));
-            }
-        }
-    }
-
-    // Name.
-    let name = if let Some(n) = &cli.name {
-        r.origin("name", "command line");
-        Some(n.clone())
-    } else if let Some(n) = &table.name {
-        r.origin("name", key(r, "name"));
-        Some(n.clone())
-    } else if r.env_bool("USE_HOSTNAME").unwrap_or(false) {
-        let path = r.path(paths::HOSTNAME);
-        match r.read_optional(&path) {
-            Ok(Some(text)) => match parse_single_line(&text, "the hostname file") {
-                Ok(host) => {
-                    r.origin("name", path.display().to_string());
-                    Some(host)
-                }
-                Err(e) => {
-                    r.problem(format!("{}: {e}", path.display()));
-                    None
-                }
-            },
-            Ok(None) => {
-                r.problem(format!(
-                    "{}: USE_HOSTNAME is set but the file does not exist",
-                    path.display()
-                ));
-                None
-            }
-            Err(Reported) => None,
-        }
-    } else {
-        None
-    };
-    if name.as_deref().is_some_and(str::is_empty) {
-        r.problem("the device name must not be empty");
-    }
-
-    // Production: command line, PRODUCTION, the config file, the build.
-    let production = match cli.production {
-        Some(p) => p,
-        None => match r.env_bool("PRODUCTION").or(table.production) {
-            Some(p) => p,
-            None => match build::PRODUCTION.map(parse_bool_word).transpose() {
-                Ok(p) => p.unwrap_or(false),
-                Err(e) => {
-                    r.problem(format!("build-time PRODUCTION: {e}"));
-                    false
-                }
-            },
-        },
-    };
-
-    let image_has_compose_apps = match build::DOCKER_COMPOSE_APP.map(parse_bool_word) {
-        None => true,
-        Some(Ok(on)) => on,
-        Some(Err(e)) => {
-            r.problem(format!("build-time DOCKER_COMPOSE_APP: {e}"));
-            true
-        }
-    };
-    let (apps, restorable_apps) = resolve_apps(r, table.apps.as_ref(), image_has_compose_apps);
-
-    // Token: flag, then a token file (flag, TOKEN_FILE, config, default path
-    // if present).
-    let token = if let Some(token) = r.secret_flag(cli.api_token.as_ref(), "--api-token") {
-        r.origin("api token", "command line");
-        Some(token)
-    } else {
-        // Where a path that was asked for came from, to say so when it is missing.
-        let (path, asked_by) = match (&cli.api_token_file, r.env("TOKEN_FILE"), &token_file) {
-            (Some(p), _, _) => (p.clone(), Some("--api-token-file".to_string())),
-            (None, Some(p), _) => (PathBuf::from(p), Some("environment TOKEN_FILE".to_string())),
-            (None, None, Ok(Some(p))) => (p.clone(), Some(key(r, "token_file"))),
-            (None, None, Ok(None) | Err(Reported)) => (r.path(paths::TOKEN_FILE), None),
-        };
-        let read = match (&asked_by, token_file) {
-            // The configured file was refused already; the default is not
-            // what was asked for.
-            (None, Err(Reported)) => Err(Reported),
-            _ => r.secret_line(&path, "the token file", "api token"),
-        };
-        match read {
-            Ok(Some(token)) => Some(token),
-            Ok(None) => {
-                if let Some(origin) = asked_by {
-                    r.problem(format!(
-                        "{origin}: token file {} does not exist",
-                        path.display()
-                    ));
-                }
-                None
-            }
-            Err(Reported) => None,
-        }
-    };
-    let token_header = cli
-        .api_token_header
-        .clone()
-        .or_else(|| table.token_header.clone())
-        .unwrap_or_else(|| DEFAULT_TOKEN_HEADER.to_string());
-    if reqwest::header::HeaderName::from_bytes(token_header.as_bytes()).is_err() {
-        r.problem(format!("{token_header:?} is not a valid HTTP header name"));
-    }
-
-    let device_api = match (&cli.device_api, r.env("DEVICE_API"), &table.device_api) {
-        (Some(u), _, _) => url(r, "--device-api", u),
-        (None, Some(u), _) => url(r, "DEVICE_API", u),
-        (None, None, Some(u)) => {
-            let what = key(r, "device_api");
-            url(r, &what, u)
-        }
-        (None, None, None) => url(r, "the built-in DEVICE_API", build::DEVICE_API),
-    };
-    let oauth_base = match (&cli.oauth_api, r.env("OAUTH_BASE"), &table.oauth_api) {
-        (Some(u), _, _) => url(r, "--oauth-api", u),
-        (None, Some(u), _) => url(r, "OAUTH_BASE", u),
-        (None, None, Some(u)) => {
-            let what = key(r, "oauth_api");
-            url(r, &what, u)
-        }
-        (None, None, None) => url(r, "the built-in OAUTH_BASE", build::OAUTH_BASE),
-    };
-
-    let cacert = match r.env("DEVICE_API_CACERT") {
-        Some(p) if cli.cacert.is_none() => {
-            r.ca_bundle(PathBuf::from(p), "environment DEVICE_API_CACERT")
-        }
-        _ => r.cacert("lmp", table.cacert.as_ref()),
-    };
-
-    if let Some(hsm) = r.hsm() {
-        if !pin_is_readable_by_aktualizr(hsm.pin.expose()) {
-            r.problem(
-                "the HSM user PIN may only hold printable ASCII without spaces, quotes (\" ') or backslashes: aktualizr-lite reads sota.toml with a parser that would change such a PIN",
-            );
-        }
-    }
-    if cli.mlock_all.is_some() {
+    let sota_dir = r.get(&SOTA_DIR);
+    let factory = r.get(&FACTORY);
+    let tags = r.get(&TAGS);
+    let hardware_id = r.get(&HARDWARE_ID);
+    let uuid = r.get(&UUID);
+    check_uuid_form(r, uuid.as_deref());
+    let name = r.get(&NAME);
+    let production = r.get(&PRODUCTION).unwrap_or(false);
+    r.get(&IMAGE_HAS_COMPOSE_APPS);
+    let apps = r.get(&APPS);
+    let restorable_apps = r.get(&RESTORABLE_APPS);
+    let token = token(r);
+    let token_header = r.get(&TOKEN_HEADER);
+    let device_api = r.get(&DEVICE_API);
+    let oauth_base = r.get(&OAUTH_BASE);
+    let cacert = r.get(&CACERT);
+    check_pin(r);
+    if r.get(&MLOCK_ALL).is_some() {
         r.warn("--mlock-all is accepted for compatibility and has no effect");
     }
-
+    let sota_dir = sota_dir?;
     Some(LmpSettings {
         aklite_lock: r.path(paths::AKLITE_LOCK),
         fioconfig: Fioconfig {
@@ -463,25 +591,18 @@ pub fn resolve(r: &mut Resolver<'_>) -> Option<LmpSettings> {
         device_api: device_api?,
         oauth_base: oauth_base?,
         token,
-        token_header,
+        token_header: token_header?,
         factory: factory?,
         tags: tags?,
         hardware_id: hardware_id?,
-        uuid: cli.uuid.clone(),
+        uuid,
         name,
-        group: cli
-            .device_group
-            .clone()
-            .or(table.group)
-            .filter(|g| !g.is_empty()),
+        group: r.get(&GROUP).flatten(),
         production,
         apps,
         restorable_apps,
-        start_daemon: cli.start_daemon.or(table.start_daemon).unwrap_or(true),
-        use_ostree_server: cli
-            .use_ostree_server
-            .or(table.use_ostree_server)
-            .unwrap_or(true),
+        start_daemon: r.get(&START_DAEMON).unwrap_or(true),
+        use_ostree_server: r.get(&USE_OSTREE_SERVER).unwrap_or(true),
         cacert,
     })
 }
@@ -490,54 +611,68 @@ pub fn resolve(r: &mut Resolver<'_>) -> Option<LmpSettings> {
 mod tests {
     use super::*;
 
-    use crate::cli::Cli;
-    use crate::config::Environment;
+    use crate::cli::CommandLine;
+    use crate::config::{Environment, Value};
 
-    /// Apps and restorable apps resolved under a root that has preloaded
-    /// compose apps and the reset-apps marker.
-    fn apps_under_preloaded_root(
-        args: &[&str],
-        env: &[(&str, &str)],
-        image_has_compose_apps: bool,
-    ) -> (Option<Vec<String>>, Option<Vec<String>>) {
+    type Apps = (Option<Vec<String>>, Option<Vec<String>>);
+
+    /// A root with preloaded compose apps and the reset-apps marker.
+    fn preloaded_root() -> tempfile::TempDir {
         let root = tempfile::tempdir().unwrap();
         for app in ["shellhttpd", "nginx"] {
             std::fs::create_dir_all(root.path().join(paths::COMPOSE_APPS).join(app)).unwrap();
         }
         std::fs::write(root.path().join(paths::RESET_APPS), "").unwrap();
-        let root_arg = root.path().to_str().unwrap();
-        let argv = ["lmp-device-register", "--root", root_arg]
+        root
+    }
+
+    /// Runs `resolve` on a resolver for `args` and `env` under `root`.
+    fn with_resolver<T>(
+        root: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+        resolve: impl FnOnce(&mut Resolver<'_>) -> T,
+    ) -> T {
+        let argv = ["lmp-device-register", "--root", root.to_str().unwrap()]
             .into_iter()
             .chain(args.iter().copied());
-        let cli = <Cli as clap::Parser>::parse_from(argv);
+        let command_line = CommandLine::try_parse_from(argv).unwrap();
         let env = Environment::from_pairs(env.iter().copied());
-        let mut r = Resolver::new(&cli, Vec::new(), &env).unwrap();
-        resolve_apps(&mut r, None, image_has_compose_apps)
+        let mut r = Resolver::new(&command_line, &env, &["lmp"]).unwrap();
+        r.enter_table("lmp", SETTINGS);
+        resolve(&mut r)
+    }
+
+    /// Apps and restorable apps as the resolver has them.
+    fn resolved(args: &[&str], env: &[(&str, &str)]) -> Apps {
+        let root = preloaded_root();
+        with_resolver(root.path(), args, env, |r| (r.get(&APPS), r.get(&RESTORABLE_APPS)))
+    }
+
+    /// Apps and restorable apps from the image, with or without compose apps.
+    fn preloaded(image_has_compose_apps: bool) -> Apps {
+        let root = preloaded_root();
+        let list = |found: Option<Found<Raw>>| {
+            found.map(|f| Vec::<String>::from_raw(f.value, &f.from).unwrap())
+        };
+        with_resolver(root.path(), &[], &[], |r| {
+            let apps = preloaded_apps_in(r, image_has_compose_apps).unwrap();
+            (list(apps), list(reset_apps_in(r, image_has_compose_apps)))
+        })
     }
 
     #[test]
     fn preloaded_compose_apps_are_configured_only_in_an_image_with_compose_apps() {
         let apps = |list: &[&str]| Some(list.iter().map(|a| a.to_string()).collect());
+        assert_eq!(preloaded(true), (apps(&["nginx", "shellhttpd"]), apps(&[])));
+        assert_eq!(preloaded(false), (None, None));
+        // Asked for, they are configured whatever the image has: the flags
+        // and the environment come before the image's own apps.
         assert_eq!(
-            apps_under_preloaded_root(&[], &[], true),
-            (apps(&["nginx", "shellhttpd"]), apps(&[]))
+            resolved(&["--apps", "a,b", "--restorable-apps", "a"], &[]),
+            (apps(&["a", "b"]), apps(&["a"]))
         );
-        assert_eq!(apps_under_preloaded_root(&[], &[], false), (None, None));
-        // Asked for, they are configured either way.
-        for image_has_compose_apps in [true, false] {
-            assert_eq!(
-                apps_under_preloaded_root(
-                    &["--apps", "a,b", "--restorable-apps", "a"],
-                    &[],
-                    image_has_compose_apps
-                ),
-                (apps(&["a", "b"]), apps(&["a"]))
-            );
-            assert_eq!(
-                apps_under_preloaded_root(&[], &[("APPS", "c")], image_has_compose_apps).0,
-                apps(&["c"])
-            );
-        }
+        assert_eq!(resolved(&[], &[("APPS", "c")]).0, apps(&["c"]));
     }
 
     #[test]

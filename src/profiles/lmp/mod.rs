@@ -10,8 +10,8 @@ pub(crate) mod hooks;
 pub mod oauth;
 pub(crate) mod p11;
 
-use super::{report_fields, Answer, Backend, Enrolment, StepOutcome, StoredFile};
-use crate::config::{Common, Resolver};
+use super::{report_fields, Answer, Answers, Backend, Enrolment, FromSettings, StepOutcome, StoredFile};
+use crate::config::{Common, Declarations, Resolver};
 use crate::csr::{build_csr_pem, CsrSubject};
 use crate::error::{Error, ErrorKind, Result};
 use crate::http::{self, HttpError};
@@ -46,10 +46,6 @@ pub(crate) struct Lmp {
 }
 
 impl Lmp {
-    pub fn resolve(r: &mut Resolver<'_>) -> Option<Lmp> {
-        config::resolve(r).map(|settings| Lmp { settings })
-    }
-
     /// The device's UUID as its certificate says (fioconfig may have moved
     /// the certificate when it rotated it: `import.tls_clientcert_path`).
     fn registered_uuid(&self) -> Option<String> {
@@ -126,6 +122,63 @@ impl Lmp {
             );
         }
         error.into_error(&format!("registering at {}", self.settings.device_api))
+    }
+
+    /// What to store from a validated answer: its files (sota.toml with a
+    /// `[p11]` section for a token key), and what they replace.
+    fn answer(
+        &self,
+        uuid: &str,
+        name: &str,
+        bundle: &answer::Bundle,
+        token: Option<&Token>,
+    ) -> Result<Answer> {
+        let s = &self.settings;
+        // With a token key, sota.toml carries the user PIN in [p11].
+        let p11_sota_toml = token
+            .map(|token| p11::sota_toml_with_p11(&bundle.sota_toml, p11::section(token)))
+            .transpose()?;
+        let mut files = Vec::new();
+        for file in answer::ALLOWED_FILES {
+            match (file, &p11_sota_toml) {
+                (answer::SOTA_TOML, Some(text)) => {
+                    files.push(StoredFile::new(file, PRIVATE_MODE, text.expose()));
+                }
+                _ => {
+                    if let Some(contents) = bundle.files.get(file) {
+                        files.push(StoredFile::new(file, PUBLIC_MODE, contents.as_str()));
+                    }
+                }
+            }
+        }
+        // aktualizr-lite's database belongs to the identity being replaced,
+        // and so does a software key when the new one is in the token.
+        let mut obsolete = vec!["sql.db".to_string()];
+        if token.is_some() {
+            obsolete.push(PRIVATE_KEY.to_string());
+        }
+        let report = json!({
+            "uuid": uuid,
+            "name": name,
+            "factory": s.factory,
+            "sota_dir": s.sota_dir.display().to_string(),
+        });
+        Ok(Answer {
+            files,
+            obsolete,
+            token_certificate: token.map(|_| bundle.files[answer::CLIENT_CERT].clone()),
+            summary: format!("registered device {uuid} ({name})"),
+            report: report_fields(report),
+        })
+    }
+}
+
+impl FromSettings for Lmp {
+    const ABOUT: &'static str = "Linux microPlatform: the factory registration API, then fioconfig";
+    const SETTINGS: Declarations = config::SETTINGS;
+
+    fn resolve(r: &mut Resolver<'_>) -> Option<Lmp> {
+        config::resolve(r).map(|settings| Lmp { settings })
     }
 }
 
@@ -205,6 +258,14 @@ impl Backend for Lmp {
         uuid
     }
 
+    fn answers(&self) -> Answers {
+        // The reference server signs a known device again, but the
+        // Foundries API answers 409 for a UUID it holds: take the stricter.
+        Answers::Once {
+            service: "the factory",
+        }
+    }
+
     async fn enrol(&self, enrolment: Enrolment<'_>) -> Result<Answer> {
         let s = &self.settings;
         let Enrolment {
@@ -258,42 +319,7 @@ impl Backend for Lmp {
                 "the server sent {ignored:?}, which is not a registration file; not written"
             );
         }
-        // With a token key, sota.toml carries the user PIN in [p11].
-        let p11_sota_toml = token
-            .map(|token| p11::sota_toml_with_p11(&bundle.sota_toml, p11::section(token)))
-            .transpose()?;
-        let mut files = Vec::new();
-        for name in answer::ALLOWED_FILES {
-            match (name, &p11_sota_toml) {
-                (answer::SOTA_TOML, Some(text)) => {
-                    files.push(StoredFile::new(name, PRIVATE_MODE, text.expose()));
-                }
-                _ => {
-                    if let Some(contents) = bundle.files.get(name) {
-                        files.push(StoredFile::new(name, PUBLIC_MODE, contents.as_str()));
-                    }
-                }
-            }
-        }
-        // aktualizr-lite's database belongs to the identity being replaced,
-        // and so does a software key when the new one is in the token.
-        let mut obsolete = vec!["sql.db".to_string()];
-        if token.is_some() {
-            obsolete.push(PRIVATE_KEY.to_string());
-        }
-        let report = json!({
-            "uuid": uuid,
-            "name": name,
-            "factory": s.factory,
-            "sota_dir": s.sota_dir.display().to_string(),
-        });
-        Ok(Answer {
-            files,
-            obsolete,
-            token_certificate: token.map(|_| bundle.files[answer::CLIENT_CERT].clone()),
-            summary: format!("registered device {uuid} ({name})"),
-            report: report_fields(report),
-        })
+        self.answer(uuid, &name, &bundle, token.map(|t| t.as_ref()))
     }
 
     fn after_commit(&self) -> Vec<(&'static str, StepOutcome)> {

@@ -3,10 +3,13 @@
 //! network interfaces of the device, in that order.
 
 use super::{jwt, mac};
-use crate::config::{parse_url, CaBundle, Reported, Resolver};
+use crate::config::{
+    long, parse_url, CaBundle, Declarations, Found, Kind, Raw, Reported, Resolver, Setting,
+    Source, CACERT,
+};
 use crate::secret::Secret;
-use serde::Deserialize;
 use std::path::{Component, Path, PathBuf};
+use Source::{Default, Key, UnderRoot};
 
 /// Paths of the device's own files, relative to `--root`.
 mod paths {
@@ -18,18 +21,64 @@ mod paths {
 /// Longer ids are not something a person or a MAC address produces.
 const MAX_MANUFACTURER_ID_CHARS: usize = 256;
 
-/// The `[losant]` table of the config file.
-#[derive(Deserialize, Default, Debug)]
-#[serde(deny_unknown_fields)]
-struct Table {
-    url: Option<String>,
-    allow_http: Option<bool>,
-    token_file: Option<PathBuf>,
-    manufacturer_id: Option<String>,
-    interface: Option<String>,
-    credentials: Option<PathBuf>,
-    cacert: Option<PathBuf>,
-}
+const CREDENTIALS: Setting<PathBuf, (PathBuf, String)> = Setting::new(
+    "credentials file",
+    "Where the device's Losant credentials go (its directory becomes the profile's state directory)",
+    &[Key("credentials"), UnderRoot(paths::CREDENTIALS)],
+)
+.check(credentials_location);
+
+const TOKEN_FILE: Setting<PathBuf> = Setting::new(
+    "registration token file",
+    "File holding the application's registration token (an HS256 JWT; never a flag)",
+    &[Key("token_file"), UnderRoot(paths::TOKEN_FILE)],
+);
+
+const URL: Setting<String> = Setting::new(
+    "Losant registration URL",
+    "The application's registration endpoint",
+    &[
+        Key("url"),
+        Source::Given("the `url` claim of the registration token"),
+    ],
+);
+
+const ALLOW_HTTP: Setting<bool> = Setting::new(
+    "allow http",
+    "Allow a plain http URL to another machine (an isolated network)",
+    &[Key("allow_http"), Default("false")],
+);
+
+const MANUFACTURER_ID: Setting<String> = Setting::new(
+    "manufacturer id",
+    "Losant: the device's manufacturer id",
+    &[
+        long("manufacturer-id", "ID"),
+        Key("manufacturer_id"),
+        Source::Device {
+            doc: "the MAC address of the network card `interface` names, else of the first one",
+            read: mac_address,
+        },
+    ],
+)
+.check(check_manufacturer_id);
+
+const INTERFACE: Setting<String> = Setting::new(
+    "network interface",
+    "The network interface whose MAC address is the manufacturer id",
+    &[Key("interface")],
+)
+.otherwise("the first network card (lowest ifindex; not the loopback, not virtual)");
+
+pub(super) const SETTINGS: Declarations = &[
+    &URL,
+    &ALLOW_HTTP,
+    &TOKEN_FILE,
+    &MANUFACTURER_ID,
+    &INTERFACE,
+    &CREDENTIALS,
+    &CACERT,
+];
 
 #[derive(Debug)]
 pub struct LosantSettings {
@@ -92,7 +141,7 @@ pub fn registration_url(what: &str, value: &str, allow_http: bool) -> Result<req
     Ok(url)
 }
 
-fn credentials_location(path: &Path, what: &str) -> Result<(PathBuf, String), String> {
+fn credentials_location(path: PathBuf, what: &str) -> Result<(PathBuf, String), String> {
     let problem = |why: &str| format!("{what} {}: {why}", path.display());
     let name = match path.components().next_back() {
         Some(Component::Normal(name)) => name
@@ -113,7 +162,7 @@ fn credentials_location(path: &Path, what: &str) -> Result<(PathBuf, String), St
     Ok((dir.to_path_buf(), name.to_string()))
 }
 
-fn check_manufacturer_id(id: &str, from: &str) -> Result<String, String> {
+fn check_manufacturer_id(id: String, from: &str) -> Result<String, String> {
     let id = id.trim();
     if id.is_empty() {
         return Err(format!("the manufacturer id ({from}) is empty"));
@@ -131,174 +180,119 @@ fn check_manufacturer_id(id: &str, from: &str) -> Result<String, String> {
     Ok(id.to_string())
 }
 
-pub fn resolve(r: &mut Resolver<'_>) -> Option<LosantSettings> {
-    let cli = r.cli;
-    let table: Table = r.section("losant");
-    let key = |r: &Resolver<'_>, name: &str| r.file_key("losant", name);
+/// The MAC address of the interface the config file names, else of the
+/// first network card.
+fn mac_address(r: &mut Resolver<'_>) -> Result<Option<Found<Raw>>, Reported> {
+    let net = r.path(paths::NET);
+    let interface = match r.get(&INTERFACE) {
+        Some(name) => Ok(name),
+        None => mac::default_interface(&net),
+    };
+    match interface.and_then(|name| mac::interface_address(&net, &name)) {
+        Ok(address) => {
+            if let Some(warning) = address.warning {
+                r.warn(warning);
+            }
+            let from = format!("the MAC address of {}", address.interface);
+            Ok(Some(Found::device(Raw::text(address.mac), from)))
+        }
+        Err(e) => {
+            r.problem(format!(
+                "no manufacturer id: {e}; pass --manufacturer-id, or set manufacturer_id (or interface) in [losant] of the config file"
+            ));
+            Err(Reported)
+        }
+    }
+}
 
-    // Credentials: where they go decides what "registered" means, which
-    // the token check below needs.
-    let (credentials, credentials_from) = match &table.credentials {
-        Some(path) => (path.clone(), key(r, "credentials")),
-        None => (
-            r.path(paths::CREDENTIALS),
-            "the default credentials file".into(),
-        ),
-    };
-    // The default is relative when --root is: only a configured path must
-    // be absolute (a relative one would depend on the working directory).
-    let location = match r.configured_path("losant", "credentials", table.credentials.clone()) {
-        Err(Reported) => None,
-        Ok(_) => credentials_location(&credentials, &credentials_from)
-            .map_err(|e| r.problem(e))
-            .ok(),
-    };
-    let registered = credentials.symlink_metadata().is_ok() && !r.cli.force.unwrap_or(false);
-
-    // The registration token: a file only, never a flag.
-    let token_file = match &table.token_file {
-        Some(path) => path.clone(),
-        None => r.path(paths::TOKEN_FILE),
-    };
-    let token_read = match r.configured_path("losant", "token_file", table.token_file.clone()) {
-        Err(Reported) => Err(Reported),
-        Ok(_) => r.secret_line(
-            &token_file,
-            "the registration token file",
-            "registration token",
-        ),
-    };
-    let token = match token_read {
+/// The registration token. A registered device needs none: `--boot` must
+/// succeed on it even after the image dropped the file.
+fn registration_token(r: &mut Resolver<'_>, path: &Path, registered: bool) -> Option<Secret> {
+    match r.secret_line(path, "the registration token file", "registration token") {
         Ok(Some(token)) => Some(token),
         Ok(None) => {
-            // A registered device needs no token: `--boot` must succeed on it
-            // even after the image dropped the file.
             if !registered {
                 r.problem(format!(
                     "{}: the Losant registration token file does not exist (set token_file in [losant] of the config file to read it from elsewhere)",
-                    token_file.display()
+                    path.display()
                 ));
             }
             None
         }
         Err(Reported) => None,
+    }
+}
+
+/// The registration URL: the config file, else the token's `url` claim.
+fn url(r: &mut Resolver<'_>, claims: Option<&jwt::Claims>, token_file: &Path) -> Option<reqwest::Url> {
+    let claimed = claims.and_then(|c| c.url.clone());
+    let from_claim = claimed.clone().map(|url| {
+        let from = format!("the url claim of the token in {}", token_file.display());
+        Found::device(Raw::text(url), from)
+    });
+    let allow_http = r.get(&ALLOW_HTTP).unwrap_or(false);
+    let Some(found) = r.found_with(&URL, from_claim) else {
+        if claims.is_some() {
+            r.problem(format!(
+                "the token in {} has no url claim: set url in [losant] of the config file",
+                token_file.display()
+            ));
+        }
+        return None;
     };
-    let claims = token.as_ref().and_then(|token| {
+    if let Some(claimed) = claimed.filter(|c| found.kind == Kind::ConfigFile && *c != found.value) {
+        let note = format!("{} (instead of the token's url claim {claimed})", found.from);
+        r.amend_origin(URL.name, &found.from, note);
+    }
+    let url = registration_url(&found.from, &found.value, allow_http)
+        .map_err(|e| r.problem(e))
+        .ok()?;
+    if allow_http && url.scheme() == "http" && !is_loopback(&url) {
+        r.warn(format!(
+            "{url} is plain http (allow_http): the registration token and the access secret cross the network unencrypted"
+        ));
+    }
+    Some(url)
+}
+
+pub fn resolve(r: &mut Resolver<'_>) -> Option<LosantSettings> {
+    // Where the credentials go decides what "registered" means, which the
+    // token needs.
+    let location = r.get(&CREDENTIALS);
+    let registered = location
+        .as_ref()
+        .is_some_and(|(dir, name)| dir.join(name).symlink_metadata().is_ok())
+        && !r.cli().force.unwrap_or(false);
+    let token_file = r.get(&TOKEN_FILE);
+    let token = token_file
+        .as_ref()
+        .and_then(|path| registration_token(r, path, registered));
+    let claims = token.as_ref().zip(token_file.as_ref()).and_then(|(token, path)| {
         jwt::unverified_claims(token.expose())
-            .map_err(|e| r.problem(format!("{}: {e}", token_file.display())))
+            .map_err(|e| r.problem(format!("{}: {e}", path.display())))
             .ok()
     });
-
-    // The registration URL: the config file, else the token's url claim.
-    let allow_http = table.allow_http.unwrap_or(false);
-    let claimed_url = claims.as_ref().and_then(|c| c.url.as_deref());
-    let url = match (&table.url, claimed_url) {
-        (Some(url), claimed) => {
-            let what = key(r, "url");
-            let from = match claimed {
-                Some(claimed) if claimed != url => {
-                    format!("{what} (instead of the token's url claim {claimed})")
-                }
-                _ => what.clone(),
-            };
-            registration_url(&what, url, allow_http)
-                .map_err(|e| r.problem(e))
-                .ok()
-                .inspect(|_| r.origin("Losant registration URL", from))
-        }
-        (None, Some(claimed)) => {
-            let what = format!("the url claim of the token in {}", token_file.display());
-            registration_url(&what, claimed, allow_http)
-                .map_err(|e| r.problem(e))
-                .ok()
-                .inspect(|_| r.origin("Losant registration URL", what.clone()))
-        }
-        (None, None) => {
-            if claims.is_some() {
-                r.problem(format!(
-                    "the token in {} has no url claim: set url in [losant] of the config file",
-                    token_file.display()
-                ));
-            }
-            None
-        }
-    };
-    if allow_http
-        && url
-            .as_ref()
-            .is_some_and(|u| u.scheme() == "http" && !is_loopback(u))
-    {
-        r.warn(format!(
-            "{} is plain http (allow_http): the registration token and the access secret cross the network unencrypted",
-            url.as_ref().map(|u| u.to_string()).unwrap_or_default()
-        ));
+    let url = url(r, claims.as_ref(), token_file.as_deref().unwrap_or(Path::new("")));
+    let manufacturer_id = r.found(&MANUFACTURER_ID);
+    let configured = manufacturer_id.as_ref().is_some_and(|id| id.kind != Kind::Device);
+    if configured && r.key_is_set("interface") {
+        let what = r.file_key("interface");
+        r.warn(format!("{what} is not used: the manufacturer id is given"));
     }
-
-    // The manufacturer id: the flag, the config file, else a MAC address.
-    let explicit = match (&cli.manufacturer_id, &table.manufacturer_id) {
-        (Some(id), _) => Some((id.clone(), "--manufacturer-id".to_string())),
-        (None, Some(id)) => Some((id.clone(), key(r, "manufacturer_id"))),
-        (None, None) => None,
-    };
-    if explicit.is_some() && table.interface.is_some() {
-        r.warn(format!(
-            "{} is not used: the manufacturer id is given",
-            key(r, "interface")
-        ));
-    }
-    let manufacturer_id = match &explicit {
-        Some((id, from)) => check_manufacturer_id(id, from)
-            .map(|id| (id, from.clone()))
-            .map_err(|e| r.problem(e))
-            .ok(),
-        None => {
-            let net = r.path(paths::NET);
-            let interface = match &table.interface {
-                Some(name) => Ok(name.clone()),
-                None => mac::default_interface(&net),
-            };
-            match interface.and_then(|name| mac::interface_address(&net, &name)) {
-                Ok(address) => {
-                    if let Some(warning) = address.warning {
-                        r.warn(warning);
-                    }
-                    Some((
-                        address.mac,
-                        format!("the MAC address of {}", address.interface),
-                    ))
-                }
-                Err(e) => {
-                    r.problem(format!(
-                        "no manufacturer id: {e}; pass --manufacturer-id, or set manufacturer_id (or interface) in [losant] of the config file"
-                    ));
-                    None
-                }
-            }
-        }
-    };
-    if let Some((_, from)) = &manufacturer_id {
-        r.origin("manufacturer id", from.clone());
-    }
-
-    let cacert = match r.configured_path("losant", "cacert", table.cacert.clone()) {
-        Err(Reported) => None,
-        Ok(configured) => r.cacert("losant", configured.as_ref()),
-    };
-
-    let (state_dir, credentials_name) = location?;
-    let (manufacturer_id, manufacturer_id_source) = manufacturer_id?;
+    let cacert = r.get(&CACERT);
+    let ((state_dir, credentials_name), manufacturer_id) = (location?, manufacturer_id?);
     if token.is_some() && url.is_none() {
-        // Already reported above.
+        // Reported above.
         return None;
     }
     Some(LosantSettings {
         url,
         token,
-        token_file,
+        token_file: token_file?,
         issuer: claims.and_then(|c| c.iss),
-        manufacturer_id,
-        manufacturer_id_source,
-        manufacturer_id_configured: explicit.is_some(),
+        manufacturer_id: manufacturer_id.value,
+        manufacturer_id_source: manufacturer_id.from,
+        manufacturer_id_configured: configured,
         state_dir,
         credentials_name,
         cacert,
@@ -308,26 +302,19 @@ pub fn resolve(r: &mut Resolver<'_>) -> Option<LosantSettings> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::{Cli, ProfileName};
-    use crate::config::Environment;
 
     const EXAMPLE: &str = include_str!("../../../examples/config-losant.toml");
 
-    /// The `[losant]` table of a config file, read by the agent's resolver.
-    fn read_table(text: &str) -> Table {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("lmp-device-register.toml");
-        std::fs::write(&path, text).unwrap();
-        let cli = Cli {
-            config: Some(path),
-            root: Some(dir.path().to_path_buf()),
-            ..Cli::default()
+    /// The `[losant]` table of a config file that chooses the profile,
+    /// checked against the declarations as the resolver checks it.
+    fn read_table(text: &str) -> toml::Table {
+        let mut file: toml::Table = text.parse().unwrap();
+        assert_eq!(file.remove("profile"), Some("losant".into()), "{text}");
+        let Some(toml::Value::Table(table)) = file.remove("losant") else {
+            panic!("no [losant] table in {text}");
         };
-        let env = Environment::default();
-        let mut r = Resolver::new(&cli, Vec::new(), &env).unwrap();
-        assert_eq!(r.profile(), ProfileName::Losant);
-        let table: Table = r.section("losant");
-        r.finish(ProfileName::Losant, false).unwrap();
+        let problems = crate::config::table_problems(SETTINGS, &table);
+        assert!(problems.is_empty(), "{problems:?} in {text}");
         table
     }
 
@@ -343,19 +330,20 @@ mod tests {
         assert!(!blocks.is_empty(), "README.md shows no [losant] example");
         for block in blocks {
             let table = read_table(block);
-            assert!(table.url.is_some(), "{block}");
+            assert!(table.contains_key("url"), "{block}");
         }
     }
 
     #[test]
     fn the_example_config_is_valid_with_every_documented_key() {
         let table = read_table(EXAMPLE);
+        let text = |table: &toml::Table, key| table.get(key).and_then(toml::Value::as_str).map(str::to_string);
         assert_eq!(
-            table.url.as_deref(),
+            text(&table, "url").as_deref(),
             Some("https://my-application.onlosant.com/api/register-device")
         );
-        assert_eq!(table.interface.as_deref(), Some("eth0"));
-        assert!(table.manufacturer_id.is_none());
+        assert_eq!(text(&table, "interface").as_deref(), Some("eth0"));
+        assert!(!table.contains_key("manufacturer_id"));
 
         // The commented keys are real keys, with values of the right type.
         let uncommented: String = EXAMPLE
@@ -373,20 +361,15 @@ mod tests {
             .map(|line| format!("{line}\n"))
             .collect();
         let table = read_table(&uncommented);
-        assert_eq!(table.allow_http, Some(false));
-        assert_eq!(
-            table.token_file.as_deref(),
-            Some(Path::new("/etc/losant/registration-token"))
-        );
-        assert_eq!(table.manufacturer_id.as_deref(), Some("SN-000123"));
-        assert_eq!(
-            table.credentials.as_deref(),
-            Some(Path::new("/var/lib/losant/credentials.json"))
-        );
-        assert_eq!(
-            table.cacert.as_deref(),
-            Some(Path::new("/etc/losant/ca.pem"))
-        );
+        assert_eq!(table.get("allow_http").and_then(toml::Value::as_bool), Some(false));
+        for (key, value) in [
+            ("token_file", "/etc/losant/registration-token"),
+            ("manufacturer_id", "SN-000123"),
+            ("credentials", "/var/lib/losant/credentials.json"),
+            ("cacert", "/etc/losant/ca.pem"),
+        ] {
+            assert_eq!(text(&table, key).as_deref(), Some(value), "{key}");
+        }
     }
 
     #[test]
@@ -412,7 +395,7 @@ mod tests {
     #[test]
     fn credentials_need_a_directory_of_their_own() {
         let (dir, name) =
-            credentials_location(Path::new("/var/lib/losant/credentials.json"), "c").unwrap();
+            credentials_location("/var/lib/losant/credentials.json".into(), "c").unwrap();
         assert_eq!(dir, Path::new("/var/lib/losant"));
         assert_eq!(name, "credentials.json");
         for (bad, expected) in [
@@ -423,21 +406,21 @@ mod tests {
             ("/var/lib/losant/..", "plain file name"),
             ("/var/../x/creds.json", "must not contain .."),
         ] {
-            let err = credentials_location(Path::new(bad), "c").unwrap_err();
+            let err = credentials_location(bad.into(), "c").unwrap_err();
             assert!(err.contains(expected), "{bad}: {err}");
         }
     }
 
     #[test]
     fn manufacturer_ids_are_printable_and_bounded() {
-        assert_eq!(check_manufacturer_id(" sn-0042 ", "f").unwrap(), "sn-0042");
-        assert!(check_manufacturer_id("  ", "f")
+        assert_eq!(check_manufacturer_id(" sn-0042 ".into(), "f").unwrap(), "sn-0042");
+        assert!(check_manufacturer_id("  ".into(), "f")
             .unwrap_err()
             .contains("empty"));
-        assert!(check_manufacturer_id("a\nb", "f")
+        assert!(check_manufacturer_id("a\nb".into(), "f")
             .unwrap_err()
             .contains("control"));
-        assert!(check_manufacturer_id(&"x".repeat(257), "f")
+        assert!(check_manufacturer_id("x".repeat(257), "f")
             .unwrap_err()
             .contains("longer"));
     }

@@ -11,8 +11,8 @@ pub(crate) mod config;
 pub(crate) mod jwt;
 pub(crate) mod mac;
 
-use super::{report_fields, Answer, Backend, Enrolment, StepOutcome, StoredFile};
-use crate::config::{Common, Resolver};
+use super::{report_fields, Answer, Answers, Backend, Enrolment, FromSettings, StepOutcome, StoredFile};
+use crate::config::{Common, Declarations, Resolver};
 use crate::error::{Error, ErrorKind, Result};
 use crate::http::{self, HttpError};
 use crate::keys::pkcs11::Token;
@@ -28,17 +28,13 @@ pub(crate) struct Losant {
 }
 
 impl Losant {
-    pub fn resolve(r: &mut Resolver<'_>) -> Option<Losant> {
-        config::resolve(r).map(|settings| Losant { settings })
-    }
-
     /// The error for a failed registration, with what to do about it.
     fn refusal(&self, error: HttpError, url: &reqwest::Url, id: &str, resumed: bool) -> Error {
         if api::is_already_registered(&error) {
             let how = if error.may_have_been_received() {
-                "probably created by an earlier attempt of this run whose answer was lost"
+                "an earlier attempt of this run sent the request, and its answer was lost on the way"
             } else if resumed {
-                "probably created by an earlier run that ended before its answer arrived"
+                "an earlier run of this device sent the request and never stored the answer"
             } else {
                 "and this device holds no credentials for it"
             };
@@ -67,6 +63,15 @@ impl Losant {
             "manufacturerId": id,
             "credentials": self.settings.credentials_path().display().to_string(),
         }))
+    }
+}
+
+impl FromSettings for Losant {
+    const ABOUT: &'static str = "Losant dynamic registration: a registration JWT and a manufacturer id";
+    const SETTINGS: Declarations = config::SETTINGS;
+
+    fn resolve(r: &mut Resolver<'_>) -> Option<Losant> {
+        config::resolve(r).map(|settings| Losant { settings })
     }
 }
 
@@ -127,6 +132,13 @@ impl Backend for Losant {
 
     fn new_id(&self, _token: Option<&Token>) -> String {
         self.settings.manufacturer_id.clone()
+    }
+
+    fn answers(&self) -> Answers {
+        // A used manufacturer id is refused forever.
+        Answers::Once {
+            service: "the Losant application",
+        }
     }
 
     async fn enrol(&self, enrolment: Enrolment<'_>) -> Result<Answer> {

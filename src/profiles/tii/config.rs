@@ -1,40 +1,144 @@
 //! The tii profile's settings: the `[tii]` table of the config file, the
 //! shared `--cacert`, `/etc/os-release` and the machine, in that order.
 
-use crate::config::{parse_url, CaBundle, Resolver};
+use crate::config::{
+    parse_url, CaBundle, Declarations, Found, Raw, Reported, Resolver, Setting, Source, CACERT,
+};
 use crate::keys::KeyAlgorithm;
-use serde::Deserialize;
 use std::path::PathBuf;
 use std::time::Duration;
+use Source::{Default, Key, OsRelease, UnderRoot};
 
 /// The state dir under `--root`.
 const STATE_DIR: &str = "var/lib/fleet-registration";
 /// TII's device identity format; `{id}` is the device id.
 pub const DEFAULT_CN_TEMPLATE: &str = "/Finland~Solita/fleet/{id}/registration_agent";
-const DEFAULT_RESULT_TIMEOUT: Duration = Duration::from_secs(60);
 /// An hour is longer than any fleet manager should need; more is a typo.
 const MAX_RESULT_TIMEOUT_SECS: u64 = 3600;
 pub const DEFAULT_NATS_PORT: u16 = 4222;
 
-/// The `[tii]` table of the config file.
-#[derive(Deserialize, Default, Debug)]
-#[serde(deny_unknown_fields)]
-struct Table {
-    provisioning_url: Option<String>,
-    device_type: Option<String>,
-    architecture: Option<String>,
-    build_version: Option<String>,
-    current_owner: Option<String>,
-    tailscale_id: Option<String>,
-    alias: Option<String>,
-    device_id: Option<String>,
-    cn_template: Option<String>,
-    key_type: Option<String>,
-    nats_url: Option<String>,
-    result_timeout: Option<u64>,
-    state_dir: Option<PathBuf>,
-    cacert: Option<PathBuf>,
-}
+const PROVISIONING_URL: Setting<String, reqwest::Url> = Setting::new(
+    "provisioning url",
+    "The provisioning server that signs the device's CSR",
+    &[Key("provisioning_url")],
+)
+.required()
+.skip_empty()
+.check(url);
+
+const DEVICE_TYPE: Setting<String> = Setting::new(
+    "device type",
+    "The device's type, as the fleet manager knows it",
+    &[Key("device_type")],
+)
+.required()
+.skip_empty()
+.check(trimmed);
+
+const ARCHITECTURE: Setting<String> = Setting::new(
+    "architecture",
+    "The device's architecture, in the fleet's (Go's) names",
+    &[
+        Key("architecture"),
+        Source::Device {
+            doc: "the machine (`uname -m`, as `arm64`, `amd64`, ...)",
+            read: machine_architecture,
+        },
+    ],
+)
+.required()
+.skip_empty()
+.check(trimmed);
+
+const BUILD_VERSION: Setting<String> = Setting::new(
+    "build version",
+    "The version of the device's software",
+    &[Key("build_version"), OsRelease("VERSION_ID")],
+)
+.required()
+.skip_empty()
+.check(trimmed);
+
+const CURRENT_OWNER: Setting<String, Option<String>> = Setting::new(
+    "current owner",
+    "Sent with the registration",
+    &[Key("current_owner")],
+)
+.check(optional);
+
+const TAILSCALE_ID: Setting<String, Option<String>> = Setting::new(
+    "tailscale id",
+    "Sent with the registration",
+    &[Key("tailscale_id")],
+)
+.check(optional);
+
+const ALIAS: Setting<String, Option<String>> = Setting::new(
+    "alias",
+    "The device's name in the fleet manager",
+    &[Key("alias")],
+)
+.check(optional);
+
+const DEVICE_ID: Setting<String, Option<String>> = Setting::new(
+    "device id",
+    "The device's id (letters, digits, - and _)",
+    &[Key("device_id")],
+)
+.otherwise("a random UUIDv4 without dashes")
+.check(device_id);
+
+const CN_TEMPLATE: Setting<String, CnTemplate> = Setting::new(
+    "certificate name template",
+    "The certificate's common name, {id} standing for the device id",
+    &[Key("cn_template"), Default(DEFAULT_CN_TEMPLATE)],
+)
+.check(cn_template);
+
+const KEY_TYPE: Setting<String, KeyAlgorithm> = Setting::new(
+    "key type",
+    "The device key: ec-p256 or rsa-2048",
+    &[Key("key_type"), Default("ec-p256")],
+)
+.check(key_algorithm);
+
+const NATS_URL: Setting<String, NatsUrl> = Setting::new(
+    "NATS URL",
+    "The fleet manager's NATS server, always over TLS",
+    &[Key("nats_url")],
+)
+.otherwise("the provisioning answer's `fleetManagementNatsUrl`")
+.check(nats_url);
+
+const RESULT_TIMEOUT: Setting<u64, Duration> = Setting::new(
+    "result timeout",
+    "Seconds to wait for the registration's result (1 to 3600)",
+    &[Key("result_timeout"), Default("60")],
+)
+.check(result_timeout);
+
+const STATE_DIR_SETTING: Setting<PathBuf> = Setting::new(
+    "state dir",
+    "Where the key, the certificates and registration.json go",
+    &[Key("state_dir"), UnderRoot(STATE_DIR)],
+);
+
+pub(super) const SETTINGS: Declarations = &[
+    &PROVISIONING_URL,
+    &DEVICE_TYPE,
+    &ARCHITECTURE,
+    &BUILD_VERSION,
+    &CURRENT_OWNER,
+    &TAILSCALE_ID,
+    &ALIAS,
+    &DEVICE_ID,
+    &CN_TEMPLATE,
+    &KEY_TYPE,
+    &NATS_URL,
+    &RESULT_TIMEOUT,
+    &STATE_DIR_SETTING,
+    &CACERT,
+];
 
 #[derive(Debug)]
 pub struct TiiSettings {
@@ -204,195 +308,87 @@ fn machine() -> Option<String> {
     uts.machine().to_str().map(str::to_string)
 }
 
-/// A required, non-empty string setting.
-fn required(r: &mut Resolver<'_>, value: Option<String>, key: &str, hint: &str) -> Option<String> {
-    match value.map(|v| v.trim().to_string()) {
-        Some(v) if !v.is_empty() => {
-            let from = r.file_key("tii", key);
-            r.origin(key.replace('_', " "), from);
-            Some(v)
-        }
-        _ => {
-            let what = r.file_key("tii", key);
-            r.problem(format!("missing {key}: set {what}{hint}"));
-            None
-        }
-    }
+fn url(value: String, what: &str) -> Result<reqwest::Url, String> {
+    parse_url(what, value.trim())
+}
+
+fn trimmed(value: String, _what: &str) -> Result<String, String> {
+    Ok(value.trim().to_string())
 }
 
 /// An optional string setting; empty means unset.
-fn optional(value: Option<String>) -> Option<String> {
-    value
-        .map(|v| v.trim().to_string())
-        .filter(|v| !v.is_empty())
+fn optional(value: String, _what: &str) -> Result<Option<String>, String> {
+    Ok(Some(value.trim().to_string()).filter(|v| !v.is_empty()))
+}
+
+fn device_id(id: String, what: &str) -> Result<Option<String>, String> {
+    let Some(id) = optional(id, what)? else {
+        return Ok(None);
+    };
+    check_device_id(&id).map_err(|e| format!("{what}: {e}"))?;
+    Ok(Some(id))
+}
+
+fn cn_template(template: String, what: &str) -> Result<CnTemplate, String> {
+    CnTemplate::parse(&template).map_err(|e| format!("{what}: {e}"))
+}
+
+fn key_algorithm(name: String, what: &str) -> Result<KeyAlgorithm, String> {
+    key_type(&name).ok_or_else(|| {
+        let known: Vec<&str> = KEY_TYPES.iter().map(|(known, _)| *known).collect();
+        format!("{what}: unknown key type {name:?} (known: {})", known.join(", "))
+    })
+}
+
+fn nats_url(url: String, what: &str) -> Result<NatsUrl, String> {
+    NatsUrl::parse(&url).map_err(|e| format!("{what}: {e}"))
+}
+
+fn result_timeout(seconds: u64, what: &str) -> Result<Duration, String> {
+    if (1..=MAX_RESULT_TIMEOUT_SECS).contains(&seconds) {
+        Ok(Duration::from_secs(seconds))
+    } else {
+        Err(format!(
+            "{what}: {seconds} is not between 1 and {MAX_RESULT_TIMEOUT_SECS} seconds"
+        ))
+    }
+}
+
+fn machine_architecture(_r: &mut Resolver<'_>) -> Result<Option<Found<Raw>>, Reported> {
+    Ok(machine().map(|machine| {
+        let from = format!("the machine ({machine})");
+        Found::device(Raw::text(fleet_architecture(&machine)), from)
+    }))
 }
 
 pub fn resolve(r: &mut Resolver<'_>) -> Option<TiiSettings> {
-    let mut table: Table = r.section("tii");
-    let key = |r: &Resolver<'_>, name: &str| r.file_key("tii", name);
-    for (name, path) in [
-        ("state_dir", &mut table.state_dir),
-        ("cacert", &mut table.cacert),
-    ] {
-        *path = r
-            .configured_path("tii", name, path.take())
-            .unwrap_or_default();
-    }
-
-    let state_dir = match &table.state_dir {
-        Some(dir) => {
-            let from = key(r, "state_dir");
-            r.origin("state dir", from);
-            dir.clone()
-        }
-        None => r.path(STATE_DIR),
-    };
-
-    let provisioning_url =
-        required(r, table.provisioning_url, "provisioning_url", "").and_then(|url| {
-            let what = key(r, "provisioning_url");
-            parse_url(&what, &url).map_err(|e| r.problem(e)).ok()
-        });
-    let device_type = required(r, table.device_type, "device_type", "");
-
-    let architecture = match optional(table.architecture) {
-        Some(arch) => {
-            let from = key(r, "architecture");
-            r.origin("architecture", from);
-            Some(arch)
-        }
-        None => match machine() {
-            Some(m) => {
-                r.origin("architecture", format!("the machine ({m})"));
-                Some(fleet_architecture(&m))
-            }
-            None => {
-                let what = key(r, "architecture");
-                r.problem(format!(
-                    "missing architecture: the machine type is unknown; set {what}"
-                ));
-                None
-            }
-        },
-    };
-
-    let build_version = match optional(table.build_version) {
-        Some(version) => {
-            let from = key(r, "build_version");
-            r.origin("build version", from);
-            Some(version)
-        }
-        None => match r.os_release("VERSION_ID") {
-            Some((version, from)) if !version.trim().is_empty() => {
-                r.origin("build version", format!("{from} VERSION_ID"));
-                Some(version.trim().to_string())
-            }
-            _ => {
-                let what = key(r, "build_version");
-                r.problem(format!(
-                    "missing build_version: set {what}, or VERSION_ID in {}",
-                    r.path(crate::config::OS_RELEASE).display()
-                ));
-                None
-            }
-        },
-    };
-
-    let device_id = optional(table.device_id);
-    if let Some(id) = &device_id {
-        let what = key(r, "device_id");
-        match check_device_id(id) {
-            Ok(()) => r.origin("device id", what),
-            Err(e) => r.problem(format!("{what}: {e}")),
-        }
-    }
-
-    let cn_template = match &table.cn_template {
-        Some(template) => {
-            let what = key(r, "cn_template");
-            match CnTemplate::parse(template) {
-                Ok(t) => {
-                    r.origin("certificate name template", what);
-                    Some(t)
-                }
-                Err(e) => {
-                    r.problem(format!("{what}: {e}"));
-                    None
-                }
-            }
-        }
-        None => CnTemplate::parse(DEFAULT_CN_TEMPLATE).ok(),
-    };
-
-    let key_type = match &table.key_type {
-        Some(name) => match key_type(name) {
-            Some(algorithm) => {
-                let from = key(r, "key_type");
-                r.origin("key type", from);
-                Some(algorithm)
-            }
-            None => {
-                let what = key(r, "key_type");
-                r.problem(format!(
-                    "{what}: unknown key type {name:?} (known: {})",
-                    KEY_TYPES
-                        .iter()
-                        .map(|(known, _)| *known)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ));
-                None
-            }
-        },
-        None => Some(KeyAlgorithm::EcP256),
-    };
-
-    let nats_url = match &table.nats_url {
-        Some(url) => {
-            let what = key(r, "nats_url");
-            match NatsUrl::parse(url) {
-                Ok(url) => {
-                    r.origin("NATS URL", what);
-                    Some(Some(url))
-                }
-                Err(e) => {
-                    r.problem(format!("{what}: {e}"));
-                    None
-                }
-            }
-        }
-        None => Some(None),
-    };
-
-    let result_timeout = match table.result_timeout {
-        None => Some(DEFAULT_RESULT_TIMEOUT),
-        Some(seconds) if (1..=MAX_RESULT_TIMEOUT_SECS).contains(&seconds) => {
-            Some(Duration::from_secs(seconds))
-        }
-        Some(seconds) => {
-            let what = key(r, "result_timeout");
-            r.problem(format!(
-                "{what}: {seconds} is not between 1 and {MAX_RESULT_TIMEOUT_SECS} seconds"
-            ));
-            None
-        }
-    };
-
-    let cacert = r.cacert("tii", table.cacert.as_ref());
-
+    let state_dir = r.get(&STATE_DIR_SETTING);
+    let provisioning_url = r.get(&PROVISIONING_URL);
+    let device_type = r.get(&DEVICE_TYPE);
+    let architecture = r.get(&ARCHITECTURE);
+    let build_version = r.get(&BUILD_VERSION);
+    let current_owner = r.get(&CURRENT_OWNER);
+    let tailscale_id = r.get(&TAILSCALE_ID);
+    let alias = r.get(&ALIAS);
+    let device_id = r.get(&DEVICE_ID);
+    let cn_template = r.get(&CN_TEMPLATE);
+    let key_type = r.get(&KEY_TYPE);
+    let nats_url = r.get(&NATS_URL);
+    let result_timeout = r.get(&RESULT_TIMEOUT);
+    let cacert = r.get(&CACERT);
     Some(TiiSettings {
-        state_dir,
+        state_dir: state_dir?,
         provisioning_url: provisioning_url?,
         device_type: device_type?,
         architecture: architecture?,
         build_version: build_version?,
-        current_owner: optional(table.current_owner),
-        tailscale_id: optional(table.tailscale_id),
-        alias: optional(table.alias),
-        device_id,
+        current_owner: current_owner.flatten(),
+        tailscale_id: tailscale_id.flatten(),
+        alias: alias.flatten(),
+        device_id: device_id.flatten(),
         cn_template: cn_template?,
         key_type: key_type?,
-        nats_url: nats_url?,
+        nats_url,
         result_timeout: result_timeout?,
         cacert,
     })

@@ -7,18 +7,19 @@ pub(crate) mod config;
 pub(crate) mod nats;
 pub(crate) mod provision;
 
-use super::{report_fields, Answer, Backend, Enrolment, StepOutcome, StoredFile};
-use crate::config::{CaBundle, Common, Resolver};
+use super::{report_fields, Answer, Answers, Backend, Enrolment, FromSettings, StepOutcome, StoredFile};
+use crate::config::{CaBundle, Common, Declarations, Resolver};
 use crate::csr::{build_csr_pem, CsrSubject};
 use crate::error::{Error, ErrorKind, Result};
 use crate::http;
 use crate::keys::pkcs11::Token;
-use crate::keys::{KeySpec, TokenLayout};
+use crate::keys::{DeviceKey, KeySpec, TokenLayout};
 use crate::retry::{retry, Retryable};
 use crate::store::{PRIVATE_MODE, PUBLIC_MODE};
 use crate::tls::{self, ClientIdentity};
 use config::{NatsUrl, TiiSettings};
 use nats::NatsError;
+use provision::Provisioned;
 use rcgen::PublicKeyData;
 use serde_json::json;
 use std::path::Path;
@@ -47,10 +48,6 @@ pub(crate) struct Tii {
 }
 
 impl Tii {
-    pub fn resolve(r: &mut Resolver<'_>) -> Option<Tii> {
-        config::resolve(r).map(|settings| Tii { settings })
-    }
-
     /// The device id, as the stored certificate names it.
     fn registered_id(&self) -> Option<String> {
         let pem =
@@ -104,6 +101,160 @@ impl Tii {
             NatsError::AfterUnknown(_) => (ErrorKind::Internal, kept),
         };
         Error::new(kind, format!("{doing}: {error}{keep}")).with_outcome_unknown()
+    }
+    /// Step 1: the provisioning server signs the device's CSR.
+    async fn provision(&self, common: &Common, id: &str, key: &DeviceKey) -> Result<Provisioned> {
+        let s = &self.settings;
+        let common_name = s.cn_template.common_name(id);
+        tracing::info!("device id {id}, certificate name {common_name}");
+        let csr = build_csr_pem(
+            key,
+            &CsrSubject {
+                common_name: &common_name,
+                organizational_unit: None,
+                production: false,
+            },
+        )?;
+        let endpoint = provision::endpoint(&s.provisioning_url);
+        let client = http::Client::new(
+            &[&endpoint],
+            s.cacert.as_ref(),
+            None,
+            common.request_timeout,
+        )?;
+        let body = retry(&common.retry, "provisioning", |_| {
+            provision::request(&client, &endpoint, &csr)
+        })
+        .await
+        .map_err(|e| e.into_error(&format!("provisioning at {endpoint}")))?;
+        let provisioned = provision::validate(
+            &body,
+            key.der_bytes(),
+            id,
+            x509_parser::time::ASN1Time::now(),
+        )?;
+        tracing::info!(
+            "the provisioning server issued {}",
+            crate::x509::subject(&provisioned.chain[0])
+        );
+        Ok(provisioned)
+    }
+
+    /// Step 2: the registration with the fleet manager, over mutual TLS
+    /// with that certificate.
+    async fn register_with_fleet(
+        &self,
+        common: &Common,
+        id: &str,
+        key: &DeviceKey,
+        resumed: bool,
+        provisioned: &Provisioned,
+    ) -> Result<(nats::Registered, NatsUrl)> {
+        let s = &self.settings;
+        let nats_url = s
+            .nats_url
+            .clone()
+            .or_else(|| provisioned.nats_url.clone())
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::BadResponse,
+                    "the provisioning answer names no fleetManagementNatsUrl and no nats_url is configured",
+                )
+            })?;
+        let roots = tls::roots(Some(&CaBundle {
+            path: "caCertificate of the provisioning answer".into(),
+            certificates: provisioned.roots.clone(),
+        }))?;
+        let tls_config = tls::client_config(
+            roots,
+            Some(ClientIdentity {
+                chain: provisioned.chain.clone(),
+                key: key.tls_signing_key()?,
+            }),
+        )?;
+        let message = self.register_message(id, provisioned)?;
+        let registered = retry(&common.retry, "registering with the fleet manager", |_| {
+            nats::register(nats::Attempt {
+                url: &nats_url,
+                tls: &tls_config,
+                id,
+                message: &message,
+                connect_timeout: http::CONNECT_TIMEOUT.min(common.request_timeout),
+                result_timeout: s.result_timeout,
+            })
+        })
+        .await
+        .map_err(|e| self.nats_error(e, id, resumed, &nats_url))?;
+        Ok((registered, nats_url))
+    }
+
+    /// The registration message the fleet manager receives.
+    fn register_message(&self, id: &str, provisioned: &Provisioned) -> Result<Vec<u8>> {
+        let s = &self.settings;
+        serde_json::to_vec(&nats::RegisterMessage {
+            id,
+            device_type: &s.device_type,
+            architecture: &s.architecture,
+            build_version: &s.build_version,
+            current_owner: s.current_owner.as_deref(),
+            tailscale_id: s.tailscale_id.as_deref(),
+            certificate: &provisioned.leaf_pem(),
+            ca_certificate: &provisioned.issuing_ca_pem(),
+            alias: s.alias.as_deref(),
+        })
+        .map_err(|e| Error::internal(format!("cannot encode the registration: {e}")))
+    }
+
+    /// What to store: the certificates and the fleet manager's result.
+    fn answer(
+        &self,
+        id: &str,
+        key_in_token: bool,
+        provisioned: &Provisioned,
+        registered: &nats::Registered,
+        nats_url: &NatsUrl,
+    ) -> Result<Answer> {
+        let s = &self.settings;
+        let registration = serde_json::to_string_pretty(&registered.payload)
+            .map_err(|e| Error::internal(format!("cannot encode the registration data: {e}")))?;
+        let files = vec![
+            StoredFile::new(DEVICE_CERT, PUBLIC_MODE, provisioned.chain_pem()),
+            StoredFile::new(CA_CERT, PUBLIC_MODE, provisioned.ca_pem()),
+            // Last: its presence means "registered". Older fleet managers
+            // put secrets in it.
+            StoredFile::new(REGISTRATION, PRIVATE_MODE, registration + "\n"),
+        ];
+        // A software key of a registration being replaced by a token key.
+        let obsolete = match key_in_token {
+            true => vec![PRIVATE_KEY.to_string()],
+            false => Vec::new(),
+        };
+        let alias = registered.alias.clone().or_else(|| s.alias.clone());
+        Ok(Answer {
+            files,
+            obsolete,
+            token_certificate: key_in_token.then(|| provisioned.leaf_pem()),
+            summary: match &alias {
+                Some(alias) => format!("registered device {id} ({alias}) with the fleet manager"),
+                None => format!("registered device {id} with the fleet manager"),
+            },
+            report: report_fields(json!({
+                "id": id,
+                "alias": alias,
+                "device_type": s.device_type,
+                "nats_url": nats_url.to_string(),
+                "state_dir": s.state_dir.display().to_string(),
+            })),
+        })
+    }
+}
+
+impl FromSettings for Tii {
+    const ABOUT: &'static str = "TII fleet management: a provisioning server signs the CSR, then NATS registration over mutual TLS";
+    const SETTINGS: Declarations = config::SETTINGS;
+
+    fn resolve(r: &mut Resolver<'_>) -> Option<Tii> {
+        config::resolve(r).map(|settings| Tii { settings })
     }
 }
 
@@ -166,8 +317,15 @@ impl Backend for Tii {
         id
     }
 
+    fn answers(&self) -> Answers {
+        // The provisioning server signs again, but the fleet manager sends
+        // its result (and the registration data in it) once.
+        Answers::Once {
+            service: "the fleet manager",
+        }
+    }
+
     async fn enrol(&self, enrolment: Enrolment<'_>) -> Result<Answer> {
-        let s = &self.settings;
         // One stage as far as the device's files go: the certificate is
         // stored with the fleet manager's answer (a rerun asks for it again).
         let Enrolment {
@@ -178,123 +336,17 @@ impl Backend for Tii {
             ..
         } = enrolment;
         let key = key.ok_or_else(|| Error::internal("a tii registration needs a key"))?;
-        let token = key.token();
-
-        // Step 1: the certificate.
-        let common_name = s.cn_template.common_name(id);
-        tracing::info!("device id {id}, certificate name {common_name}");
-        let csr = build_csr_pem(
-            key,
-            &CsrSubject {
-                common_name: &common_name,
-                organizational_unit: None,
-                production: false,
-            },
-        )?;
-        let endpoint = provision::endpoint(&s.provisioning_url);
-        let client = http::Client::new(
-            &[&endpoint],
-            s.cacert.as_ref(),
-            None,
-            common.request_timeout,
-        )?;
-        let body = retry(&common.retry, "provisioning", |_| {
-            provision::request(&client, &endpoint, &csr)
-        })
-        .await
-        .map_err(|e| e.into_error(&format!("provisioning at {endpoint}")))?;
-        let provisioned = provision::validate(
-            &body,
-            key.der_bytes(),
+        let provisioned = self.provision(common, id, key).await?;
+        let (registered, nats_url) = self
+            .register_with_fleet(common, id, key, resumed, &provisioned)
+            .await?;
+        self.answer(
             id,
-            x509_parser::time::ASN1Time::now(),
-        )?;
-        tracing::info!(
-            "the provisioning server issued {}",
-            crate::x509::subject(&provisioned.chain[0])
-        );
-
-        // Step 2: the registration, over mutual TLS with that certificate.
-        let nats_url = s
-            .nats_url
-            .clone()
-            .or_else(|| provisioned.nats_url.clone())
-            .ok_or_else(|| {
-                Error::new(
-                    ErrorKind::BadResponse,
-                    "the provisioning answer names no fleetManagementNatsUrl and no nats_url is configured",
-                )
-            })?;
-        let roots = tls::roots(Some(&CaBundle {
-            path: "caCertificate of the provisioning answer".into(),
-            certificates: provisioned.roots.clone(),
-        }))?;
-        let tls_config = tls::client_config(
-            roots,
-            Some(ClientIdentity {
-                chain: provisioned.chain.clone(),
-                key: key.tls_signing_key()?,
-            }),
-        )?;
-        let leaf_pem = provisioned.leaf_pem();
-        let issuing_ca_pem = provisioned.issuing_ca_pem();
-        let message = serde_json::to_vec(&nats::RegisterMessage {
-            id,
-            device_type: &s.device_type,
-            architecture: &s.architecture,
-            build_version: &s.build_version,
-            current_owner: s.current_owner.as_deref(),
-            tailscale_id: s.tailscale_id.as_deref(),
-            certificate: &leaf_pem,
-            ca_certificate: &issuing_ca_pem,
-            alias: s.alias.as_deref(),
-        })
-        .map_err(|e| Error::internal(format!("cannot encode the registration: {e}")))?;
-        let registered = retry(&common.retry, "registering with the fleet manager", |_| {
-            nats::register(nats::Attempt {
-                url: &nats_url,
-                tls: &tls_config,
-                id,
-                message: &message,
-                connect_timeout: http::CONNECT_TIMEOUT.min(common.request_timeout),
-                result_timeout: s.result_timeout,
-            })
-        })
-        .await
-        .map_err(|e| self.nats_error(e, id, resumed, &nats_url))?;
-
-        let registration = serde_json::to_string_pretty(&registered.payload)
-            .map_err(|e| Error::internal(format!("cannot encode the registration data: {e}")))?;
-        let files = vec![
-            StoredFile::new(DEVICE_CERT, PUBLIC_MODE, provisioned.chain_pem()),
-            StoredFile::new(CA_CERT, PUBLIC_MODE, provisioned.ca_pem()),
-            // Last: its presence means "registered". Older fleet managers
-            // put secrets in it.
-            StoredFile::new(REGISTRATION, PRIVATE_MODE, registration + "\n"),
-        ];
-        // A software key of a registration being replaced by a token key.
-        let obsolete = if token.is_some() {
-            vec![PRIVATE_KEY.to_string()]
-        } else {
-            Vec::new()
-        };
-        let alias = registered.alias.clone().or_else(|| s.alias.clone());
-        Ok(Answer {
-            files,
-            obsolete,
-            token_certificate: token.map(|_| leaf_pem.clone()),
-            summary: match &alias {
-                Some(alias) => format!("registered device {id} ({alias}) with the fleet manager"),
-                None => format!("registered device {id} with the fleet manager"),
-            },
-            report: report_fields(json!({
-                "id": id,
-                "alias": alias,
-                "device_type": s.device_type,
-                "nats_url": nats_url.to_string(),
-                "state_dir": s.state_dir.display().to_string(),
-            })),
-        })
+            key.token().is_some(),
+            &provisioned,
+            &registered,
+            &nats_url,
+        )
     }
 
     fn after_commit(&self) -> Vec<(&'static str, StepOutcome)> {
