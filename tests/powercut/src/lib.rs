@@ -118,6 +118,27 @@ impl Node {
         Ok(Node::Dir { mode, entries })
     }
 
+    /// Writes this directory's contents under `path` (an existing
+    /// directory), with their modes.
+    pub fn write_to(&self, path: &Path) -> io::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        let Node::Dir { entries, .. } = self else {
+            return Err(io::Error::other("not a directory"));
+        };
+        for (name, node) in entries {
+            let at = path.join(name);
+            match node {
+                Node::File { data, .. } => std::fs::write(&at, data)?,
+                Node::Dir { .. } => {
+                    std::fs::create_dir(&at)?;
+                    node.write_to(&at)?;
+                }
+            }
+            std::fs::set_permissions(&at, std::fs::Permissions::from_mode(node.mode()))?;
+        }
+        Ok(())
+    }
+
     /// Every path under this directory with its mode and size, sorted: a
     /// short description for failure messages.
     pub fn listing(&self) -> Vec<String> {

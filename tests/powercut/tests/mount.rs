@@ -122,4 +122,13 @@ fn modes_and_renames_reach_the_program_and_the_image() {
     assert_eq!(boot.end_synced.file("keep").unwrap(), b"new");
     assert_eq!(boot.end_synced.get("keep").unwrap().mode(), 0o644);
     assert_eq!(boot.end_synced.names(""), ["keep"]);
+
+    // The same tree on the real file system and back.
+    let copy = tempfile::tempdir().unwrap();
+    boot.end.write_to(copy.path()).unwrap();
+    let mut read = Node::read_dir(copy.path()).unwrap();
+    if let (Node::Dir { mode, .. }, Node::Dir { mode: wanted, .. }) = (&mut read, &boot.end) {
+        *mode = *wanted;
+    }
+    assert_eq!(read, boot.end);
 }
