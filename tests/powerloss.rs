@@ -26,11 +26,11 @@
 //! boot without a cut, `POWER_LOSS_TRACE=1` every sequence and its outcome.
 
 mod common;
+mod fleet_support;
 mod losant_support;
-mod powerloss_support;
 
+use fleet_support::{Azure, Lmp, LosantRig, Mark, Rig, Tii, JOURNAL};
 use powercut::{Boot, Disk, Node, OpKind, Plan, Variant};
-use powerloss_support::{Azure, Lmp, LosantRig, Mark, Rig, Tii, JOURNAL};
 use std::collections::{BTreeSet, HashSet};
 use std::os::unix::process::ExitStatusExt;
 use std::process::{ExitStatus, Stdio};
@@ -157,6 +157,7 @@ fn boot(rig: &dyn Rig, path: &Path, plan: Plan, tally: &mut Tally) -> Run {
     let log = path.root.path().join("boot.log");
     let mut child = rig
         .command(path.root.path())
+        .args(["--retry-deadline", "8"])
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()

@@ -1,7 +1,7 @@
-//! The profiles for the power-loss test: each one's services (the loopback
-//! doubles), a fresh device for it, the agent's command for a first boot,
-//! and what the services and the device hold. Needs `mod common;` and
-//! `mod losant_support;` beside it.
+//! Every profile for the power-loss test and the fault sweep: its services
+//! (the loopback doubles), a fresh device for it, the agent's command for a
+//! first boot, and what the services and the device hold. Needs
+//! `mod common;` and `mod losant_support;` beside it.
 #![allow(dead_code)]
 
 use crate::common::{self, FACTORY, HWID, TOKEN};
@@ -44,7 +44,8 @@ pub trait Rig {
     /// A new device: its root (everything but /var, which is mounted on
     /// `var` in it) and its /var.
     fn new_device(&self) -> (tempfile::TempDir, Node);
-    /// The agent's first-boot command for the device at `root`.
+    /// The agent's first-boot command for the device at `root`, without
+    /// `--retry-deadline`.
     fn command(&self, root: &Path) -> Command;
     fn mark(&self) -> Mark;
     fn activity(&self, from: &Mark, to: &Mark) -> Activity;
@@ -65,14 +66,14 @@ pub trait Rig {
 }
 
 /// The agent with a clean environment, for the device at `root`, with
-/// the first-boot flags; fioconfig is not on PATH.
+/// `--boot`; fioconfig is not on PATH. The caller adds `--retry-deadline`.
 fn agent(root: &Path) -> Command {
     let mut cmd = Command::new(AGENT);
     cmd.env_clear()
         .env("PATH", "/usr/bin:/bin")
         .arg("--root")
         .arg(root)
-        .args(["--boot", "--retry-deadline", "8"])
+        .arg("--boot")
         .stdin(std::process::Stdio::null());
     cmd
 }
