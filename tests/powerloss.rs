@@ -30,7 +30,7 @@ mod fleet_support;
 mod losant_support;
 
 use fleet_support::{Azure, Lmp, LosantRig, Mark, Rig, Tii, JOURNAL};
-use powercut::{Boot, Disk, Node, OpKind, Plan, Variant};
+use powercut::{mountable, Boot, Disk, Node, OpKind, Plan, Variant};
 use std::collections::{BTreeSet, HashSet};
 use std::os::unix::process::ExitStatusExt;
 use std::process::{ExitStatus, Stdio};
@@ -538,25 +538,6 @@ fn report(rig: &dyn Rig, tally: &Tally, started: Instant) {
     for failure in &tally.failures {
         println!("FAILED: {failure}");
     }
-}
-
-fn mountable() -> bool {
-    let root = nix::unistd::geteuid().is_root();
-    let ok = std::path::Path::new("/dev/fuse").exists()
-        && (root
-            || std::process::Command::new("fusermount3")
-                .arg("-V")
-                .output()
-                .is_ok());
-    if !ok {
-        // CI installs fuse3 and runs as root: there this is a failure.
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "cannot mount FUSE file systems (/dev/fuse, root or fusermount3)"
-        );
-        eprintln!("cannot mount FUSE file systems here: skipping");
-    }
-    ok
 }
 
 fn check(rig: &dyn Rig) {

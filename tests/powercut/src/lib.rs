@@ -335,6 +335,27 @@ fn cut_images(model: &Model, op: &Op, plan: &Plan) -> Vec<(Variant, Node)> {
     images
 }
 
+/// Whether this machine can mount a [`Disk`]: `/dev/fuse`, and root or
+/// `fusermount3`. Where it cannot, a test skips with a note, except under
+/// `CI` (whose script installs fuse3 and runs as root): there it fails.
+pub fn mountable() -> bool {
+    let root = nix::unistd::geteuid().is_root();
+    let ok = Path::new("/dev/fuse").exists()
+        && (root
+            || std::process::Command::new("fusermount3")
+                .arg("-V")
+                .output()
+                .is_ok());
+    if !ok {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "cannot mount FUSE file systems (/dev/fuse, and root or fusermount3 of Debian fuse3)"
+        );
+        eprintln!("cannot mount FUSE file systems here (/dev/fuse, and root or fusermount3 of Debian fuse3): skipping");
+    }
+    ok
+}
+
 /// A mounted disk.
 pub struct Disk {
     shared: Arc<Shared>,

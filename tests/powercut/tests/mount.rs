@@ -1,21 +1,8 @@
 //! The file system mounted for real, with a shell as the program: what it
 //! keeps at a cut, and that the cut stops the program inside the call.
 
-use powercut::{Disk, Node, OpKind, Plan, Variant};
+use powercut::{mountable, Disk, Node, OpKind, Plan, Variant};
 use std::process::Command;
-
-fn mountable() -> bool {
-    let ok = std::path::Path::new("/dev/fuse").exists() && nix::unistd::geteuid().is_root()
-        || Command::new("fusermount3").arg("-V").output().is_ok();
-    if !ok {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "cannot mount FUSE file systems here"
-        );
-        eprintln!("no /dev/fuse with root or fusermount3: skipping");
-    }
-    ok
-}
 
 /// Runs `script` in `sh` on a disk holding `image` under `plan`.
 fn boot(image: &Node, plan: Plan, script: &str) -> (powercut::Boot, std::process::ExitStatus) {
