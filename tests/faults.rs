@@ -1306,11 +1306,13 @@ fn faults_in_lmp_with_a_disk_that_stays_full() {
 }
 
 #[test]
+#[cfg(feature = "losant")]
 fn faults_in_losant() {
     profile_sweep(&fleet_support::LosantRig::new(), 1);
 }
 
 #[test]
+#[cfg(feature = "tii")]
 fn faults_in_tii() {
     if device_api::tii::nats_server_available() {
         profile_sweep(&fleet_support::Tii::new(), 1);
@@ -1318,11 +1320,13 @@ fn faults_in_tii() {
 }
 
 #[test]
+#[cfg(feature = "azure-dps")]
 fn faults_in_azure_dps() {
     profile_sweep(&fleet_support::Azure::new(false), 2);
 }
 
 #[test]
+#[cfg(feature = "azure-dps")]
 fn faults_in_azure_dps_first_boots_after_the_factory_stage() {
     profile_sweep(&fleet_support::Azure::new(true), 1);
 }
@@ -1335,6 +1339,7 @@ fn faults_in_azure_dps_first_boots_after_the_factory_stage() {
 /// A first boot of a new device of `rig` under strace, the given calls of
 /// the given state-dir files failing (`inject`: `--inject` arguments), then
 /// the services' activity since the boot started.
+#[cfg(any(feature = "losant", feature = "tii", feature = "azure-dps"))]
 fn boot_with_faults(
     rig: &dyn Rig,
     root: &Path,
@@ -1366,6 +1371,7 @@ fn boot_with_faults(
 /// What a clean registration of `rig` writes in its state dir apart from
 /// the journal: the installed files and their temporary files, relative to
 /// the device's root.
+#[cfg(any(feature = "losant", feature = "tii"))]
 fn installed_files(rig: &dyn Rig) -> Vec<String> {
     let baseline = profile_baseline(rig);
     let files: Vec<String> = baseline
@@ -1380,13 +1386,19 @@ fn installed_files(rig: &dyn Rig) -> Vec<String> {
 }
 
 /// The journal of `rig`'s device, relative to its root.
+#[cfg(any(feature = "losant", feature = "tii"))]
 fn journal_of(rig: &dyn Rig) -> String {
     format!("var/{}/{}", rig.state_dir(), fleet_support::JOURNAL)
 }
 
-/// The rigs of the services that answer an identity once.
+/// The rigs of the services that answer an identity once (of the profiles
+/// this build has).
+#[cfg(any(feature = "losant", feature = "tii"))]
 fn answering_once() -> Vec<Box<dyn Rig>> {
-    let mut rigs: Vec<Box<dyn Rig>> = vec![Box::new(fleet_support::LosantRig::new())];
+    let mut rigs: Vec<Box<dyn Rig>> = Vec::new();
+    #[cfg(feature = "losant")]
+    rigs.push(Box::new(fleet_support::LosantRig::new()));
+    #[cfg(feature = "tii")]
     if device_api::tii::nats_server_available() {
         rigs.push(Box::new(fleet_support::Tii::new()));
     }
@@ -1399,6 +1411,7 @@ fn answering_once() -> Vec<Box<dyn Rig>> {
 /// again, installs the recorded answer without asking the service (which
 /// would refuse: it answers once).
 #[test]
+#[cfg(any(feature = "losant", feature = "tii"))]
 fn a_disk_full_from_the_answer_on_keeps_the_answer_of_a_service_that_answers_once() {
     if !strace_available() {
         return;
@@ -1435,6 +1448,7 @@ fn a_disk_full_from_the_answer_on_keeps_the_answer_of_a_service_that_answers_onc
 /// (`record_fails` of the journal's writes fail, and the first `files_fail`
 /// writes of the files): the agent keeps trying, in `--boot` until its
 /// deadline.
+#[cfg(any(feature = "losant", feature = "tii"))]
 fn unstorable_answer(
     rig: &dyn Rig,
     files_fail: &str,
@@ -1453,6 +1467,7 @@ fn unstorable_answer(
 }
 
 #[test]
+#[cfg(any(feature = "losant", feature = "tii"))]
 fn an_answer_given_once_that_cannot_be_stored_yet_is_stored_once_there_is_room() {
     if !strace_available() {
         return;
@@ -1473,6 +1488,7 @@ fn an_answer_given_once_that_cannot_be_stored_yet_is_stored_once_there_is_room()
 }
 
 #[test]
+#[cfg(any(feature = "losant", feature = "tii"))]
 fn an_answer_given_once_that_is_never_stored_names_the_lost_device() {
     if !strace_available() {
         return;
@@ -1500,6 +1516,7 @@ fn an_answer_given_once_that_is_never_stored_names_the_lost_device() {
 /// "no certificate"; the factory's identity stays as it is, and no new one
 /// is made or enrolled. The unit's next start registers the factory's.
 #[test]
+#[cfg(feature = "azure-dps")]
 fn an_unreadable_factory_certificate_is_an_error_and_replaces_nothing() {
     if !strace_available() {
         return;

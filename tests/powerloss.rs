@@ -29,7 +29,7 @@ mod common;
 mod fleet_support;
 mod losant_support;
 
-use fleet_support::{Azure, Lmp, LosantRig, Mark, Rig, Tii, JOURNAL};
+use fleet_support::{Lmp, Mark, Rig, JOURNAL};
 use powercut::{mountable, Boot, Disk, Node, OpKind, Plan, Variant};
 use std::collections::{BTreeSet, HashSet};
 use std::os::unix::process::ExitStatusExt;
@@ -572,29 +572,33 @@ fn power_cuts_in_lmp_first_boots_against_an_idempotent_server() {
 }
 
 #[test]
+#[cfg(feature = "losant")]
 fn power_cuts_in_losant_first_boots() {
     if mountable() {
-        check(&LosantRig::new());
+        check(&fleet_support::LosantRig::new());
     }
 }
 
 #[test]
+#[cfg(feature = "tii")]
 fn power_cuts_in_tii_first_boots() {
     if mountable() && device_api::tii::nats_server_available() {
-        check(&Tii::new());
+        check(&fleet_support::Tii::new());
     }
 }
 
 #[test]
+#[cfg(feature = "azure-dps")]
 fn power_cuts_in_azure_dps_boots_with_both_stages() {
     if mountable() {
-        check(&Azure::new(false));
+        check(&fleet_support::Azure::new(false));
     }
 }
 
 #[test]
+#[cfg(feature = "azure-dps")]
 fn power_cuts_in_azure_dps_first_boots_after_the_factory_stage() {
     if mountable() {
-        check(&Azure::new(true));
+        check(&fleet_support::Azure::new(true));
     }
 }
