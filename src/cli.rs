@@ -43,6 +43,10 @@ pub struct Cli {
     #[arg(long)]
     pub json: bool,
 
+    /// Show what this device is registered as, for every profile with a state dir, and exit; reads only.
+    #[arg(long)]
+    pub status: bool,
+
     /// First-boot mode for the systemd unit: an existing registration is success, and network failures are retried until the deadline.
     #[arg(long)]
     pub boot: bool,

@@ -16,6 +16,7 @@ pub(crate) mod logging;
 pub mod profiles;
 pub(crate) mod retry;
 pub(crate) mod secret;
+pub(crate) mod status;
 pub(crate) mod store;
 pub(crate) mod tls;
 pub(crate) mod x509;
@@ -87,6 +88,9 @@ pub fn run(args: impl IntoIterator<Item = OsString>, env: Environment) -> u8 {
     let cli = &command_line.cli;
     let run_span = logging::init(env.under_journald(), cli.verbose || env.wants_debug());
     let _in_run = run_span.enter();
+    if cli.status {
+        return status::run(&command_line, &env).unwrap_or_else(|e| failed(cli.json, e));
+    }
     let result = profiles::resolve(&command_line, &env).and_then(|(common, profile)| {
         logging::note(logging::Context::Profile, profile.name());
         for warning in &common.warnings {
@@ -108,18 +112,21 @@ pub fn run(args: impl IntoIterator<Item = OsString>, env: Environment) -> u8 {
             }
             0
         }
-        Err(error) => {
-            tracing::error!(
-                message_id = logging::RESULT_MESSAGE_ID,
-                registration_result = "error",
-                error_kind = error.kind().as_str(),
-                exit_code = error.kind().exit_code(),
-                "{error}"
-            );
-            if cli.json {
-                print_json(&error_report(error.kind(), &error.to_string()));
-            }
-            error.kind().exit_code()
-        }
+        Err(error) => failed(cli.json, error),
     }
+}
+
+/// Reports a run that failed; its exit code.
+fn failed(json: bool, error: Error) -> u8 {
+    tracing::error!(
+        message_id = logging::RESULT_MESSAGE_ID,
+        registration_result = "error",
+        error_kind = error.kind().as_str(),
+        exit_code = error.kind().exit_code(),
+        "{error}"
+    );
+    if json {
+        print_json(&error_report(error.kind(), &error.to_string()));
+    }
+    error.kind().exit_code()
 }

@@ -53,6 +53,35 @@ pub fn subject(der: &[u8]) -> String {
     parse(der).map_or_else(|e| e, |c| c.subject().to_string())
 }
 
+/// What a person asks of a certificate: who, issued by whom, valid until.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    pub subject: String,
+    pub issuer: String,
+    /// The first organisational unit of the subject (LmP's factory).
+    pub organizational_unit: Option<String>,
+    pub common_name: Option<String>,
+    pub not_after: std::time::SystemTime,
+}
+
+pub fn summary(der: &[u8]) -> Result<Summary, String> {
+    let cert = parse(der)?;
+    fn first<'a>(
+        mut values: impl Iterator<Item = &'a AttributeTypeAndValue<'a>>,
+    ) -> Option<String> {
+        Some(values.next()?.as_str().ok()?.to_string())
+    }
+    let not_after = cert.validity().not_after.timestamp();
+    Ok(Summary {
+        subject: cert.subject().to_string(),
+        issuer: cert.issuer().to_string(),
+        organizational_unit: first(cert.subject().iter_organizational_unit()),
+        common_name: first(cert.subject().iter_common_name()),
+        not_after: std::time::UNIX_EPOCH
+            + std::time::Duration::from_secs(u64::try_from(not_after).unwrap_or(0)),
+    })
+}
+
 /// The first common name of the subject.
 pub fn common_name(der: &[u8]) -> Option<String> {
     let cert = parse(der).ok()?;

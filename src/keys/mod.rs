@@ -26,6 +26,10 @@ pub struct TokenLayout {
     pub key_id: &'static str,
     pub cert_label: &'static str,
     pub cert_id: &'static str,
+    /// The program that derives (ECDH) with the key through the token, if
+    /// any: a token without CKM_ECDH1_DERIVE registers, but that program
+    /// then fails, which is said at registration and by `--check`.
+    pub derive_needed_by: Option<&'static str>,
 }
 
 /// The kind of key pair.

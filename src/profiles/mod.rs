@@ -58,6 +58,7 @@ macro_rules! declare_profiles {
                 about: <$module::$type as FromSettings>::ABOUT,
                 settings: <$module::$type as FromSettings>::SETTINGS,
                 resolve: |r| <$module::$type as FromSettings>::resolve(r).map(Profile::$type),
+                locate: <$module::$type as FromSettings>::locate,
             }, )*
         ];
 
@@ -99,6 +100,43 @@ pub(crate) trait FromSettings: Backend + Sized {
     /// Its settings, resolved and checked: `None` when one is missing or
     /// wrong (the resolver has the problems).
     fn resolve(r: &mut Resolver<'_>) -> Option<Self>;
+    /// Where its state lives, resolved alone: `--status` reads every
+    /// profile's state whatever else is configured. `None` when the
+    /// configured place is unusable.
+    fn locate(r: &mut Resolver<'_>) -> Option<StateLocation>;
+}
+
+/// Where a profile keeps its state.
+pub(crate) struct StateLocation {
+    pub dir: std::path::PathBuf,
+    /// Files whose presence means "registered" ([`Backend::markers`]).
+    pub markers: Vec<String>,
+}
+
+impl StateLocation {
+    pub fn new(dir: std::path::PathBuf, markers: &[&str]) -> StateLocation {
+        StateLocation {
+            dir,
+            markers: markers.iter().map(|m| m.to_string()).collect(),
+        }
+    }
+}
+
+/// Every profile of this build and where its state lives (when that can
+/// be told), in the order of [`for_each_profile!`].
+pub(crate) fn state_locations(
+    command_line: &CommandLine,
+    env: &Environment,
+) -> Result<Vec<(&'static str, StateLocation)>> {
+    let mut found = Vec::new();
+    for registration in REGISTERED {
+        let mut r = Resolver::new(command_line, env, ALL_NAMES)?;
+        r.enter_table(registration.name, registration.settings);
+        if let Some(location) = (registration.locate)(&mut r) {
+            found.push((registration.name, location));
+        }
+    }
+    Ok(found)
 }
 
 /// A profile of this build, as `--profile` and the docs know it.
@@ -107,6 +145,7 @@ pub(crate) struct Registration {
     pub about: &'static str,
     pub settings: Declarations,
     resolve: fn(&mut Resolver<'_>) -> Option<Profile>,
+    locate: fn(&mut Resolver<'_>) -> Option<StateLocation>,
 }
 
 /// The profile of this build called `name`, or why there is none.

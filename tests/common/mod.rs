@@ -211,3 +211,37 @@ pub fn strace_available() -> bool {
     }
     found
 }
+
+/// Every entry under `dir`, recursively: its path, mode, size, modification
+/// time and the SHA-256 of its contents, for proving that a run changed
+/// nothing on disk.
+pub fn snapshot(dir: &Path) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    let mut entries = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(path) = pending.pop() {
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        let digest = if meta.is_file() {
+            let contents = std::fs::read(&path).unwrap();
+            let digest = ring::digest::digest(&ring::digest::SHA256, &contents);
+            digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+        } else {
+            String::new()
+        };
+        if meta.is_dir() {
+            for entry in std::fs::read_dir(&path).unwrap() {
+                pending.push(entry.unwrap().path());
+            }
+        }
+        entries.push(format!(
+            "{} {:o} {} {}.{} {digest}",
+            path.strip_prefix(dir).unwrap().display(),
+            meta.mode(),
+            meta.len(),
+            meta.mtime(),
+            meta.mtime_nsec()
+        ));
+    }
+    entries.sort();
+    entries
+}

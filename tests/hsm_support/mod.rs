@@ -4,6 +4,10 @@
 
 #![allow(dead_code)]
 
+mod swtpm;
+#[allow(unused_imports)]
+pub use swtpm::{swtpm_available, Swtpm, TPM_MODULE};
+
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, AttributeType, ObjectClass, ObjectHandle};
@@ -44,6 +48,9 @@ pub struct Fixture {
     token_file: PathBuf,
     /// Every PIN this test uses; none may ever appear in the agent's output.
     pub secrets: Vec<String>,
+    /// Environment of the PKCS#11 module besides SOFTHSM2_CONF (a TPM's
+    /// store and connection), for the agent and for [`Fixture::open_module`].
+    pub module_env: Vec<(String, String)>,
 }
 
 pub use crate::common::Run;
@@ -88,6 +95,7 @@ impl Fixture {
             stubs,
             token_file,
             secrets: Vec::new(),
+            module_env: Vec::new(),
         }
     }
 
@@ -121,12 +129,47 @@ impl Fixture {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
     }
 
-    /// Runs the agent against this fixture's root, API and SoftHSM2.
-    pub fn run(&self, extra: &[&str]) -> Run {
+    /// The agent with this fixture's root, stubs and module environment,
+    /// and no other settings.
+    pub fn bare_command(&self) -> Command {
         let path = format!("{}:/usr/bin:/bin", self.stubs.display());
-        let output = Command::new(env!("CARGO_BIN_EXE_lmp-device-register"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_lmp-device-register"));
+        command
             .arg("--root")
             .arg(&self.root)
+            .env_clear()
+            .env("PATH", path)
+            .env("SOFTHSM2_CONF", &self.softhsm_conf)
+            .env("HOME", self.dir.path())
+            .envs(self.module_env.iter().map(|(k, v)| (k, v)))
+            .stdin(std::process::Stdio::null());
+        command
+    }
+
+    /// Runs `command`; none of this fixture's secrets may be in its output.
+    pub fn output(&self, mut command: Command) -> Run {
+        let run = Run::from(command.output().unwrap());
+        let text = run.output();
+        for secret in &self.secrets {
+            assert!(
+                !text.contains(secret.as_str()),
+                "the agent printed the secret {secret:?}:\n{run:?}"
+            );
+        }
+        run
+    }
+
+    /// Runs the agent with `args` and no other settings.
+    pub fn run_bare(&self, args: &[&str]) -> Run {
+        let mut command = self.bare_command();
+        command.args(args);
+        self.output(command)
+    }
+
+    /// Runs the agent against this fixture's root, API and SoftHSM2.
+    pub fn run(&self, extra: &[&str]) -> Run {
+        let mut command = self.bare_command();
+        command
             .args(["--device-api", &self.api.url()])
             .arg("--api-token-file")
             .arg(&self.token_file)
@@ -140,22 +183,26 @@ impl Fixture {
                 "--start-daemon",
                 "0",
             ])
-            .args(extra)
-            .env_clear()
-            .env("PATH", path)
-            .env("SOFTHSM2_CONF", &self.softhsm_conf)
-            .env("HOME", self.dir.path())
-            .output()
-            .unwrap();
-        let run = Run::from(output);
-        let text = run.output();
-        for secret in &self.secrets {
-            assert!(
-                !text.contains(secret.as_str()),
-                "the agent printed the secret {secret:?}:\n{run:?}"
-            );
-        }
-        run
+            .args(extra);
+        self.output(command)
+    }
+
+    /// Writes the config file of the azure-dps profile for `dps` (its
+    /// endpoints, its server CA as `cacert`, its device CA as `factory_ca`).
+    #[cfg(feature = "azure-dps")]
+    pub fn configure_azure_dps(&self, dps: &device_api::azure_dps::AzureDps) {
+        let etc = self.root.join("etc");
+        crate::common::write_file(&etc.join("dps-ca.pem"), &dps.server_ca_pem(), 0o644);
+        crate::common::write_file(&etc.join("factory-ca.pem"), &dps.device_root_pem(), 0o644);
+        let config = format!(
+            "profile = \"azure-dps\"\n[azure-dps]\nid_scope = \"{}\"\nendpoint = \"{}\"\nenrol_url = \"{}\"\ncacert = \"{}\"\nfactory_ca = \"{}\"\n",
+            dps.id_scope(),
+            dps.endpoint(),
+            dps.enrol_url(),
+            etc.join("dps-ca.pem").display(),
+            etc.join("factory-ca.pem").display()
+        );
+        crate::common::write_file(&etc.join("lmp-device-register.toml"), &config, 0o644);
     }
 
     /// `softhsm2-util` with this fixture's configuration.
@@ -191,18 +238,36 @@ impl Fixture {
     pub fn open_softhsm(&self) -> SoftHsm {
         open_softhsm(&self.softhsm_conf)
     }
+
+    /// Opens `module` in the test process with this fixture's module
+    /// environment.
+    pub fn open_module(&self, module: &str) -> SoftHsm {
+        let env: Vec<(&str, &str)> = self
+            .module_env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        open_module(module, &env)
+    }
 }
 
-/// Opens the SoftHSM2 that `conf` describes in the test process. SoftHSM2
-/// reads its configuration from the environment when it is initialised, so
-/// only one test at a time can hold it.
+/// Opens the SoftHSM2 that `conf` describes in the test process.
 pub fn open_softhsm(conf: &Path) -> SoftHsm {
+    open_module(MODULE, &[("SOFTHSM2_CONF", conf.to_str().unwrap())])
+}
+
+/// Opens a PKCS#11 module in the test process with `env` set. Modules read
+/// their configuration from the environment when they are initialised, so
+/// only one test at a time can hold one.
+pub fn open_module(module: &str, env: &[(&str, &str)]) -> SoftHsm {
     static LOCK: Mutex<()> = Mutex::new(());
     let guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    // Safe under the lock: no other thread of this process reads
-    // SOFTHSM2_CONF, and child processes get theirs explicitly.
-    std::env::set_var("SOFTHSM2_CONF", conf);
-    let ctx = Pkcs11::new(MODULE).unwrap();
+    // Safe under the lock: no other thread of this process reads these
+    // variables, and child processes get theirs explicitly.
+    for (key, value) in env {
+        std::env::set_var(key, value);
+    }
+    let ctx = Pkcs11::new(module).unwrap();
     ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
         .unwrap();
     SoftHsm {

@@ -16,6 +16,7 @@ use crate::error::{Error, ErrorKind, Result, ResultExt};
 use crate::secret::Secret;
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as P11Error, RvError};
+use cryptoki::mechanism::MechanismType;
 use cryptoki::session::UserType;
 use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;
@@ -160,7 +161,37 @@ impl Module {
             Err(e) => return Err(hsm_error(format!("cannot log in to token {label}"), e)),
         }
         tracing::info!("logged in to PKCS#11 token {label} (slot {})", slot.id());
+        if let Some(warning) = self.derive_warning(slot, &layout) {
+            tracing::warn!("{warning}; registering anyway");
+        }
         Ok(Arc::new(Token::new(session, self, slot, layout)))
+    }
+
+    /// The mechanisms the token in `slot` offers.
+    pub(crate) fn mechanisms(&self, slot: Slot) -> Result<Vec<MechanismType>> {
+        self.ctx.get_mechanism_list(slot).map_err(|e| {
+            hsm_error(
+                format!("cannot list the mechanisms of slot {}", slot.id()),
+                e,
+            )
+        })
+    }
+
+    /// What to say when a program that uses the key needs ECDH through the
+    /// token (LmP's fioconfig) and the token cannot derive: tpm2-pkcs11 1.9
+    /// is one such module. A token that cannot list its mechanisms is
+    /// taken at its word that it has none.
+    pub(crate) fn derive_warning(&self, slot: Slot, layout: &TokenLayout) -> Option<String> {
+        let consumer = layout.derive_needed_by?;
+        let derives = self
+            .mechanisms(slot)
+            .is_ok_and(|list| list.contains(&MechanismType::ECDH1_DERIVE));
+        (!derives).then(|| {
+            format!(
+                "token {} cannot derive (CKM_ECDH1_DERIVE): {consumer} needs ECDH through the token and will fail with this key",
+                layout.token_label
+            )
+        })
     }
 
     fn slots_with_token(&self) -> Result<Vec<(Slot, cryptoki::slot::TokenInfo)>> {

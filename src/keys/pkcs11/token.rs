@@ -330,85 +330,11 @@ impl Token {
         let TokenLayout {
             token_label,
             key_label,
-            cert_label,
             ..
         } = self.layout;
-        let conflicts = self.conflicting_objects()?;
-        if !conflicts.is_empty() {
-            let mut kinds: Vec<&str> = conflicts.iter().map(|(_, what)| *what).collect();
-            kinds.dedup();
-            if !force {
-                return Err(Error::new(
-                    ErrorKind::Hsm,
-                    format!(
-                        "token {token_label} already holds a `{key_label}` key or `{cert_label}` certificate from an earlier registration ({}); pass --force to replace them",
-                        kinds.join(", ")
-                    ),
-                ));
-            }
-            for (handle, what) in &conflicts {
-                self.destroy(*handle, || {
-                    format!("--force: cannot remove the old {what} from token {token_label}")
-                })?;
-            }
-            tracing::warn!(
-                "--force: removed {} object(s) of an earlier registration from token {token_label} ({})",
-                conflicts.len(),
-                kinds.join(", ")
-            );
-        }
-
-        let label: Vec<u8> = key_label.into();
-        let id = cka_id(self.layout.key_id);
-        let (mechanism, public_template, private_template) = match algorithm {
-            KeyAlgorithm::EcP256 => (
-                Mechanism::EccKeyPairGen,
-                vec![
-                    Attribute::Token(true),
-                    Attribute::Private(false),
-                    Attribute::KeyType(KeyType::EC),
-                    Attribute::EcParams(p256_params()),
-                    Attribute::Verify(true),
-                    Attribute::Derive(true),
-                    Attribute::Label(label.clone()),
-                    Attribute::Id(id.clone()),
-                ],
-                vec![
-                    Attribute::Token(true),
-                    Attribute::Private(true),
-                    Attribute::Sensitive(true),
-                    Attribute::Extractable(false),
-                    Attribute::KeyType(KeyType::EC),
-                    Attribute::Sign(true),
-                    Attribute::Derive(true),
-                    Attribute::Label(label),
-                    Attribute::Id(id),
-                ],
-            ),
-            KeyAlgorithm::Rsa2048 => (
-                Mechanism::RsaPkcsKeyPairGen,
-                vec![
-                    Attribute::Token(true),
-                    Attribute::Private(false),
-                    Attribute::KeyType(KeyType::RSA),
-                    Attribute::ModulusBits(2048.into()),
-                    Attribute::PublicExponent(vec![0x01, 0x00, 0x01]),
-                    Attribute::Verify(true),
-                    Attribute::Label(label.clone()),
-                    Attribute::Id(id.clone()),
-                ],
-                vec![
-                    Attribute::Token(true),
-                    Attribute::Private(true),
-                    Attribute::Sensitive(true),
-                    Attribute::Extractable(false),
-                    Attribute::KeyType(KeyType::RSA),
-                    Attribute::Sign(true),
-                    Attribute::Label(label),
-                    Attribute::Id(id),
-                ],
-            ),
-        };
+        self.clear_earlier_registration(force)?;
+        let (mechanism, public_template, private_template) =
+            key_pair_templates(algorithm, &self.layout);
         let (public, private) = self.with_session(
             |s| s.generate_key_pair(&mechanism, &public_template, &private_template),
             || format!("cannot generate the `{key_label}` key pair in token {token_label}"),
@@ -424,6 +350,43 @@ impl Token {
             algorithm.describe()
         );
         Ok(key)
+    }
+
+    /// Objects of an earlier registration stand in the way of a new key:
+    /// an error, or with `force` they are removed.
+    fn clear_earlier_registration(&self, force: bool) -> Result<()> {
+        let TokenLayout {
+            token_label,
+            key_label,
+            cert_label,
+            ..
+        } = self.layout;
+        let conflicts = self.conflicting_objects()?;
+        if conflicts.is_empty() {
+            return Ok(());
+        }
+        let mut kinds: Vec<&str> = conflicts.iter().map(|(_, what)| *what).collect();
+        kinds.dedup();
+        if !force {
+            return Err(Error::new(
+                ErrorKind::Hsm,
+                format!(
+                    "token {token_label} already holds a `{key_label}` key or `{cert_label}` certificate from an earlier registration ({}); pass --force to replace them",
+                    kinds.join(", ")
+                ),
+            ));
+        }
+        for (handle, what) in &conflicts {
+            self.destroy(*handle, || {
+                format!("--force: cannot remove the old {what} from token {token_label}")
+            })?;
+        }
+        tracing::warn!(
+            "--force: removed {} object(s) of an earlier registration from token {token_label} ({})",
+            conflicts.len(),
+            kinds.join(", ")
+        );
+        Ok(())
     }
 
     /// Stores the device certificate as the certificate object. A run that
@@ -551,6 +514,48 @@ impl Drop for Token {
         }
         // `module` is dropped next, which finalises the library.
     }
+}
+
+/// The mechanism and the public and private templates of a new key pair:
+/// the private key sensitive and non-extractable; an EC pair may derive
+/// (fioconfig's ECDH), and its public key stays beside it.
+fn key_pair_templates(
+    algorithm: KeyAlgorithm,
+    layout: &TokenLayout,
+) -> (Mechanism<'static>, Vec<Attribute>, Vec<Attribute>) {
+    let label: Vec<u8> = layout.key_label.into();
+    let id = cka_id(layout.key_id);
+    let common = |private: bool| {
+        vec![
+            Attribute::Token(true),
+            Attribute::Private(private),
+            Attribute::KeyType(pkcs11_key_type(algorithm)),
+            Attribute::Label(label.clone()),
+            Attribute::Id(id.clone()),
+        ]
+    };
+    let (mut public, mut private) = (common(false), common(true));
+    private.extend([
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+        Attribute::Sign(true),
+    ]);
+    public.push(Attribute::Verify(true));
+    let mechanism = match algorithm {
+        KeyAlgorithm::EcP256 => {
+            public.extend([Attribute::EcParams(p256_params()), Attribute::Derive(true)]);
+            private.push(Attribute::Derive(true));
+            Mechanism::EccKeyPairGen
+        }
+        KeyAlgorithm::Rsa2048 => {
+            public.extend([
+                Attribute::ModulusBits(2048.into()),
+                Attribute::PublicExponent(vec![0x01, 0x00, 0x01]),
+            ]);
+            Mechanism::RsaPkcsKeyPairGen
+        }
+    };
+    (mechanism, public, private)
 }
 
 fn pkcs11_key_type(algorithm: KeyAlgorithm) -> KeyType {

@@ -202,6 +202,11 @@ pub(crate) fn resolve(r: &mut Resolver<'_>) -> Option<AzureDpsSettings> {
     })
 }
 
+/// The state dir alone (for `--status`).
+pub(crate) fn state_dir(r: &mut Resolver<'_>) -> Option<PathBuf> {
+    r.get(&STATE_DIR)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

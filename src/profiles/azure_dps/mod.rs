@@ -39,6 +39,7 @@ pub(crate) const TOKEN_LAYOUT: TokenLayout = TokenLayout {
     key_id: "01",
     cert_label: "device",
     cert_id: "02",
+    derive_needed_by: None,
 };
 
 pub(crate) const KEY_FILE: &str = "device.key";
@@ -210,6 +211,11 @@ impl FromSettings for AzureDps {
 
     fn resolve(r: &mut Resolver<'_>) -> Option<AzureDps> {
         config::resolve(r).map(|settings| AzureDps { settings })
+    }
+
+    fn locate(r: &mut Resolver<'_>) -> Option<super::StateLocation> {
+        let dir = config::state_dir(r)?;
+        Some(super::StateLocation::new(dir, &[ASSIGNMENT_FILE]))
     }
 }
 

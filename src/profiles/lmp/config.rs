@@ -607,6 +607,11 @@ pub fn resolve(r: &mut Resolver<'_>) -> Option<LmpSettings> {
     })
 }
 
+/// The sota dir alone (for `--status`).
+pub(crate) fn sota_dir(r: &mut Resolver<'_>) -> Option<PathBuf> {
+    r.get(&SOTA_DIR)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

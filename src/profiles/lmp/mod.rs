@@ -33,13 +33,15 @@ pub(crate) const TOKEN_LAYOUT: TokenLayout = TokenLayout {
     key_id: "01",
     cert_label: "client",
     cert_id: "03",
+    // fioconfig decrypts the device configuration with ECDH through the token.
+    derive_needed_by: Some("fioconfig"),
 };
 
 pub(crate) const PRIVATE_KEY: &str = "pkey.pem";
 
 /// Files whose presence means "registered", as the C++ tool decides it:
 /// aktualizr-lite creates `sql.db` on its first run.
-const REGISTERED_MARKERS: &[&str] = &["sql.db", answer::CLIENT_CERT];
+pub(crate) const REGISTERED_MARKERS: &[&str] = &["sql.db", answer::CLIENT_CERT];
 
 pub(crate) struct Lmp {
     settings: LmpSettings,
@@ -179,6 +181,11 @@ impl FromSettings for Lmp {
 
     fn resolve(r: &mut Resolver<'_>) -> Option<Lmp> {
         config::resolve(r).map(|settings| Lmp { settings })
+    }
+
+    fn locate(r: &mut Resolver<'_>) -> Option<super::StateLocation> {
+        let dir = config::sota_dir(r)?;
+        Some(super::StateLocation::new(dir, REGISTERED_MARKERS))
     }
 }
 

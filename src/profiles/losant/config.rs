@@ -299,6 +299,12 @@ pub fn resolve(r: &mut Resolver<'_>) -> Option<LosantSettings> {
     })
 }
 
+/// The credentials file's directory (the state dir) and name alone (for
+/// `--status`).
+pub(crate) fn credentials(r: &mut Resolver<'_>) -> Option<(PathBuf, String)> {
+    r.get(&CREDENTIALS)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -73,6 +73,11 @@ impl FromSettings for Losant {
     fn resolve(r: &mut Resolver<'_>) -> Option<Losant> {
         config::resolve(r).map(|settings| Losant { settings })
     }
+
+    fn locate(r: &mut Resolver<'_>) -> Option<super::StateLocation> {
+        let (dir, credentials) = config::credentials(r)?;
+        Some(super::StateLocation::new(dir, &[credentials.as_str()]))
+    }
 }
 
 impl Backend for Losant {

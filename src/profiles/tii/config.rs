@@ -394,6 +394,11 @@ pub fn resolve(r: &mut Resolver<'_>) -> Option<TiiSettings> {
     })
 }
 
+/// The state dir alone (for `--status`).
+pub(crate) fn state_dir(r: &mut Resolver<'_>) -> Option<PathBuf> {
+    r.get(&STATE_DIR_SETTING)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -31,6 +31,7 @@ pub const TOKEN_LAYOUT: TokenLayout = TokenLayout {
     key_id: "01",
     cert_label: "device",
     cert_id: "03",
+    derive_needed_by: None,
 };
 
 pub const PRIVATE_KEY: &str = "device.key";
@@ -41,7 +42,7 @@ pub const CA_CERT: &str = "ca.crt";
 /// The fleet manager's result payload; its presence means "registered".
 pub const REGISTRATION: &str = "registration.json";
 
-const REGISTERED_MARKERS: &[&str] = &[REGISTRATION];
+pub(crate) const REGISTERED_MARKERS: &[&str] = &[REGISTRATION];
 
 pub(crate) struct Tii {
     settings: TiiSettings,
@@ -255,6 +256,11 @@ impl FromSettings for Tii {
 
     fn resolve(r: &mut Resolver<'_>) -> Option<Tii> {
         config::resolve(r).map(|settings| Tii { settings })
+    }
+
+    fn locate(r: &mut Resolver<'_>) -> Option<super::StateLocation> {
+        let dir = config::state_dir(r)?;
+        Some(super::StateLocation::new(dir, REGISTERED_MARKERS))
     }
 }
 
