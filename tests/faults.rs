@@ -809,11 +809,14 @@ fn the_fault_model_sees_where_a_fault_lands() {
     if !strace_available() {
         return;
     }
-    // The journal's identity record is the first write to the state dir:
-    // failing it must stop the run before any request.
+    // The journal's identity record is the first file written in the state
+    // dir (before it, only the directory that holds the state dir is
+    // synced, once the state dir is made): failing its fsync must stop the
+    // run before any request.
     let api = DeviceApi::start(Options::default());
     let device = Device::new(Key::Software);
     let trace = device.dir.path().join("strace.txt");
+    let journal = device.sota().join("..lmp-device-register.pending.tmp");
     let status = device.traced(
         &api,
         &[
@@ -823,6 +826,7 @@ fn the_fault_model_sees_where_a_fault_lands() {
             "-o".into(),
             trace.display().to_string(),
             "--trace=fsync".into(),
+            format!("--trace-path={}", journal.display()),
             "--inject=fsync:error=EIO:when=1".into(),
         ],
     );
