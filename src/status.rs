@@ -5,7 +5,7 @@
 //! a whole file, and a registration running beside it is never held up.
 
 use crate::cli::CommandLine;
-use crate::config::{read_optional, read_secret_optional, Environment};
+use crate::config::{read_optional, Environment};
 use crate::error::Result;
 use crate::identity;
 use crate::profiles::StateLocation;
@@ -28,7 +28,7 @@ pub(crate) enum KeyLocation {
 }
 
 /// A registration as its state dir records it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub(crate) struct Registration {
     pub id: Option<String>,
     pub name: Option<String>,
@@ -95,19 +95,16 @@ pub(crate) fn read_state(
             stage: "pending identity",
         });
     }
-    #[cfg(feature = "azure-dps")]
-    if profile == "azure-dps" {
-        let certificate = dir.join(crate::profiles::azure_dps::CERTIFICATE_FILE);
-        if let Some(id) = certificate_summary(&certificate)
-            .ok()
-            .and_then(|c| c.common_name)
-        {
-            return Ok(State::InProgress {
-                id,
-                answer_recorded: false,
-                stage: "certificate from the factory stored, DPS assignment to come",
-            });
-        }
+    let partway = crate::profiles::REGISTERED
+        .iter()
+        .find(|p| p.name == profile)
+        .and_then(|p| (p.partway)(dir));
+    if let Some((id, stage)) = partway {
+        return Ok(State::InProgress {
+            id,
+            answer_recorded: false,
+            stage,
+        });
     }
     Ok(State::NotRegistered)
 }
@@ -115,20 +112,15 @@ pub(crate) fn read_state(
 /// What the profile's files say about a registration; what cannot be read
 /// stays unknown.
 pub(crate) fn read_registration(profile: &str, location: &StateLocation) -> Registration {
-    let dir = &location.dir;
-    match profile {
-        #[cfg(feature = "losant")]
-        "losant" => losant_registration(&dir.join(&location.markers[0])),
-        #[cfg(feature = "tii")]
-        "tii" => tii_registration(dir),
-        #[cfg(feature = "azure-dps")]
-        "azure-dps" => azure_dps_registration(dir),
-        _ => lmp_registration(dir),
-    }
+    crate::profiles::REGISTERED
+        .iter()
+        .find(|p| p.name == profile)
+        .map(|p| (p.registration)(location))
+        .unwrap_or_default()
 }
 
 /// A registration whose id, factory and key come from its certificate.
-fn from_certificate(certificate: PathBuf, key: KeyLocation) -> Registration {
+pub(crate) fn from_certificate(certificate: PathBuf, key: KeyLocation) -> Registration {
     let summary = certificate_summary(&certificate).ok();
     Registration {
         id: summary.as_ref().and_then(|s| s.common_name.clone()),
@@ -137,122 +129,6 @@ fn from_certificate(certificate: PathBuf, key: KeyLocation) -> Registration {
         hub: None,
         certificate: Some(certificate),
         key: Some(key),
-    }
-}
-
-/// LmP: `sota.toml` says where the certificate and key are (fioconfig
-/// repoints `import.*` when it rotates them) and `[p11]` which token holds
-/// the key; the certificate names the device (CN) and factory (OU). The
-/// device's name stays with the factory.
-fn lmp_registration(dir: &Path) -> Registration {
-    use crate::profiles::lmp::{answer, PRIVATE_KEY, TOKEN_LAYOUT};
-    let sota_toml = read_secret_optional(&dir.join(answer::SOTA_TOML))
-        .ok()
-        .flatten()
-        .map(zeroize::Zeroizing::new)
-        .and_then(|text| text.parse::<toml::Table>().ok())
-        .unwrap_or_default();
-    let text = |section: &str, key: &str| {
-        sota_toml
-            .get(section)?
-            .get(key)?
-            .as_str()
-            .filter(|v| !v.is_empty())
-            .map(str::to_string)
-    };
-    let in_dir = |configured: Option<String>, default: &str| {
-        dir.join(configured.unwrap_or_else(|| default.to_string()))
-    };
-    let key = match sota_toml.get("p11") {
-        Some(_) => KeyLocation::Token {
-            module: text("p11", "module"),
-            token: text("p11", "label").unwrap_or_else(|| TOKEN_LAYOUT.token_label.into()),
-            label: TOKEN_LAYOUT.key_label.into(),
-            id: text("p11", "tls_pkey_id").unwrap_or_else(|| TOKEN_LAYOUT.key_id.into()),
-        },
-        None => KeyLocation::File(in_dir(text("import", "tls_pkey_path"), PRIVATE_KEY)),
-    };
-    let certificate = in_dir(text("import", "tls_clientcert_path"), answer::CLIENT_CERT);
-    from_certificate(certificate, key)
-}
-
-/// A software key file beside the certificate, else the key in the
-/// profile's token.
-#[cfg(feature = "tii")]
-fn file_or_token(dir: &Path, file: &str, layout: &crate::keys::TokenLayout) -> KeyLocation {
-    let path = dir.join(file);
-    if path.symlink_metadata().is_ok() {
-        return KeyLocation::File(path);
-    }
-    KeyLocation::Token {
-        module: None,
-        token: layout.token_label.into(),
-        label: layout.key_label.into(),
-        id: layout.key_id.into(),
-    }
-}
-
-#[cfg(feature = "tii")]
-fn tii_registration(dir: &Path) -> Registration {
-    use crate::profiles::tii::{DEVICE_CERT, PRIVATE_KEY, TOKEN_LAYOUT};
-    let key = file_or_token(dir, PRIVATE_KEY, &TOKEN_LAYOUT);
-    let mut registration = from_certificate(dir.join(DEVICE_CERT), key);
-    // The organisational unit is not a factory here.
-    registration.factory = None;
-    registration
-}
-
-/// azure-dps: `assignment.json` names the device, the hub and where the
-/// certificate and key are.
-#[cfg(feature = "azure-dps")]
-fn azure_dps_registration(dir: &Path) -> Registration {
-    use crate::profiles::azure_dps::{ASSIGNMENT_FILE, CERTIFICATE_FILE, KEY_FILE};
-    let assignment: Value = read_optional(&dir.join(ASSIGNMENT_FILE))
-        .ok()
-        .flatten()
-        .and_then(|text| serde_json::from_str(&text).ok())
-        .unwrap_or_default();
-    let text = |value: &Value, key: &str| value.get(key)?.as_str().map(str::to_string);
-    let key = match assignment.get("pkcs11") {
-        Some(p11) => KeyLocation::Token {
-            module: text(p11, "module"),
-            token: text(p11, "tokenLabel").unwrap_or_default(),
-            label: text(p11, "keyLabel").unwrap_or_default(),
-            id: text(p11, "keyId").unwrap_or_default(),
-        },
-        None => KeyLocation::File(
-            text(&assignment, "keyFile").map_or_else(|| dir.join(KEY_FILE), PathBuf::from),
-        ),
-    };
-    let certificate = text(&assignment, "certificateFile")
-        .map_or_else(|| dir.join(CERTIFICATE_FILE), PathBuf::from);
-    Registration {
-        id: text(&assignment, "registrationId"),
-        name: text(&assignment, "deviceId"),
-        factory: None,
-        hub: text(&assignment, "assignedHub"),
-        certificate: Some(certificate),
-        key: Some(key),
-    }
-}
-
-/// losant: the credentials file (read as the secret it holds; only the
-/// device id is shown).
-#[cfg(feature = "losant")]
-fn losant_registration(credentials: &Path) -> Registration {
-    let device_id = read_secret_optional(credentials)
-        .ok()
-        .flatten()
-        .map(zeroize::Zeroizing::new)
-        .and_then(|text| crate::profiles::losant::api::parse_credentials(text.as_bytes()).ok())
-        .map(|(credentials, _)| credentials.device_id);
-    Registration {
-        id: device_id,
-        name: None,
-        factory: None,
-        hub: None,
-        certificate: None,
-        key: None,
     }
 }
 

@@ -21,10 +21,9 @@ pub fn pem_certificates(text: &str) -> Result<Vec<CertificateDer<'static>>, Stri
     Ok(ders)
 }
 
-/// Certificates as PEM text, one block after the other (LF line ends).
-// The profiles that store or import certificates re-encoded need it;
-// an LmP-only build has none of them.
-#[cfg_attr(not(any(feature = "tii", feature = "azure-dps")), allow(dead_code))]
+/// Certificates as PEM text, one block after the other (LF line ends), for
+/// the profiles that store certificates re-encoded.
+#[cfg(feature = "mutual-tls")]
 pub fn to_pem(ders: &[CertificateDer<'_>]) -> String {
     let config = ::pem::EncodeConfig::new().set_line_ending(::pem::LineEnding::LF);
     ders.iter()
@@ -175,6 +174,7 @@ mod tests {
         let text = format!("{}{}", leaf.pem(), root.pem());
         let ders = require_certificates(&text).unwrap();
         assert_eq!(ders.len(), 2);
+        #[cfg(feature = "mutual-tls")]
         assert_eq!(to_pem(&ders), text);
         assert_eq!(common_name(&ders[0]).as_deref(), Some("device-1"));
         assert!(certifies_key(&ders[0], leaf_key.der_bytes()));

@@ -64,31 +64,18 @@ fn man_extra_sections() -> String {
             kind.as_str().replace('-', "\\-")
         ));
     }
+    // The environment variables come from the settings' declarations.
     roff.push_str(
-        r#".SH ENVIRONMENT
-Flags take precedence over the environment, the environment over files, files over the defaults built in.
-.TP
-DEVICE_API, OAUTH_BASE
-registration endpoint and OAuth base URL
-.TP
-DEVICE_API_CACERT
-CA bundle to trust for HTTPS instead of the system roots
-.TP
-DEVICE_FACTORY
-factory name
-.TP
-PRODUCTION
-1/true/yes/on or 0/false/no/off
-.TP
-TOKEN_FILE
-file holding the API token
-.TP
-APPS
-comma\-separated compose apps
-.TP
-USE_HOSTNAME
-name the device after /etc/hostname
-.SH FILES
+        ".SH ENVIRONMENT\nFlags take precedence over the environment, the environment over files, files over the defaults built in.\n",
+    );
+    for (variable, meaning) in lmp_device_register::profiles::environment_variables() {
+        roff.push_str(&format!(
+            ".TP\n{variable}\n{}\n",
+            meaning.replace('-', "\\-")
+        ));
+    }
+    roff.push_str(
+        r#".SH FILES
 .TP
 /etc/lmp\-device\-register\-token
 API token, one line (mode 0600)

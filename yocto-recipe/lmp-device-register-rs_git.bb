@@ -84,6 +84,8 @@ PACKAGECONFIG[tii] = "--features tii,,"
 PACKAGECONFIG[azure-dps] = "--features azure-dps,,"
 # RSA keys in software; tii turns it on by itself.
 PACKAGECONFIG[software-rsa] = "--features software-rsa,,"
+# The device key signs TLS handshakes; tii and azure-dps turn it on by themselves.
+PACKAGECONFIG[mutual-tls] = "--features mutual-tls,,"
 
 # Build-time defaults, read with option_env! by the agent. Names of the
 # C++ recipe's variables, so existing factory bbappends keep working.

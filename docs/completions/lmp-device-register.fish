@@ -1,10 +1,10 @@
 complete -c lmp-device-register -s T -l api-token -d 'API token (visible to every local user in the process list; prefer --api-token-file)' -r
 complete -c lmp-device-register -l api-token-file -d 'File holding the API token [env: TOKEN_FILE] [config: token_file (absolute path)] [default: /etc/lmp-device-register-token, else the OAuth device flow (on a terminal) when that file does not exist]' -r -F
 complete -c lmp-device-register -s H -l api-token-header -d 'HTTP header that carries the API token [config: token_header] [default: OSF-TOKEN]' -r
-complete -c lmp-device-register -s f -l factory -d 'Factory name [env: DEVICE_FACTORY] [config: factory] [default: LMP_FACTORY in /etc/os-release]' -r
+complete -c lmp-device-register -s f -l factory -d 'Factory name ("lmp", what an image without one says, is refused) [env: DEVICE_FACTORY] [config: factory] [default: LMP_FACTORY in /etc/os-release]' -r
 complete -c lmp-device-register -s t -l tags -d 'Only apply updates from Targets with these tags [config: tags] [default: /etc/sota/tag, else LMP_FACTORY_TAG in /etc/os-release]' -r
 complete -c lmp-device-register -s i -l hwid -d 'Hardware id of the device type (the Yocto MACHINE) [config: hardware_id] [default: HARDWARE_ID at build time, else LMP_MACHINE in /etc/os-release]' -r
-complete -c lmp-device-register -s u -l uuid -d 'Device UUID [default: from the PKCS#11 slot description, else a random v4 UUID]' -r
+complete -c lmp-device-register -s u -l uuid -d 'Device UUID, in 8-4-4-4-12 hex form unless --validate-uuid 0 [default: from the PKCS#11 slot description, else a random v4 UUID]' -r
 complete -c lmp-device-register -s v -l validate-uuid -d 'Refuse a UUID that is not in 8-4-4-4-12 hex form [default: true]' -r
 complete -c lmp-device-register -s n -l name -d 'Device name shown in the dashboard [config: name] [default: /etc/hostname, when USE_HOSTNAME is on, else the UUID]' -r
 complete -c lmp-device-register -s g -l device-group -d 'Put the device into this device group [config: group] [default: none]' -r

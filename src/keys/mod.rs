@@ -116,6 +116,7 @@ impl SoftwareKey {
         Secret::new(self.0.serialize_pem())
     }
 
+    #[cfg(feature = "mutual-tls")]
     fn tls_signing_key(&self) -> Result<Arc<dyn rustls::sign::SigningKey>> {
         let der = rustls::pki_types::PrivatePkcs8KeyDer::from(self.0.serialize_der());
         // ring's RSA key offers RSA-PSS (TLS 1.3) and PKCS#1 (TLS 1.2) with SHA-256/384/512.
@@ -206,8 +207,7 @@ impl DeviceKey {
     }
 
     /// The key as rustls signs with it, for mutual TLS.
-    // Only the profiles that prove themselves with mutual TLS call it.
-    #[cfg_attr(not(any(feature = "tii", feature = "azure-dps")), allow(dead_code))]
+    #[cfg(feature = "mutual-tls")]
     pub fn tls_signing_key(&self) -> Result<Arc<dyn rustls::sign::SigningKey>> {
         match self {
             DeviceKey::Software(key) => key.tls_signing_key(),
@@ -264,6 +264,7 @@ mod tests {
             ring::signature::UnparsedPublicKey::new(verification, key.der_bytes())
                 .verify(b"message", &signature)
                 .unwrap();
+            #[cfg(feature = "mutual-tls")]
             key.tls_signing_key().unwrap();
         }
     }

@@ -59,6 +59,8 @@ macro_rules! declare_profiles {
                 settings: <$module::$type as FromSettings>::SETTINGS,
                 resolve: |r| <$module::$type as FromSettings>::resolve(r).map(Profile::$type),
                 locate: <$module::$type as FromSettings>::locate,
+                registration: <$module::$type as FromSettings>::registration,
+                partway: <$module::$type as FromSettings>::partway,
             }, )*
         ];
 
@@ -104,6 +106,13 @@ pub(crate) trait FromSettings: Backend + Sized {
     /// profile's state whatever else is configured. `None` when the
     /// configured place is unusable.
     fn locate(r: &mut Resolver<'_>) -> Option<StateLocation>;
+    /// What its state dir records about a registration (`--status`).
+    fn registration(location: &StateLocation) -> crate::status::Registration;
+    /// A registration part of the way without a pending identity (a stage
+    /// the profile stores on its own): the device's id and what is done.
+    fn partway(_dir: &Path) -> Option<(String, &'static str)> {
+        None
+    }
 }
 
 /// Where a profile keeps its state.
@@ -146,6 +155,8 @@ pub(crate) struct Registration {
     pub settings: Declarations,
     resolve: fn(&mut Resolver<'_>) -> Option<Profile>,
     locate: fn(&mut Resolver<'_>) -> Option<StateLocation>,
+    pub registration: fn(&StateLocation) -> crate::status::Registration,
+    pub partway: fn(&Path) -> Option<(String, &'static str)>,
 }
 
 /// The profile of this build called `name`, or why there is none.
@@ -257,6 +268,31 @@ pub(crate) fn declared_flags() -> Vec<clap::Arg> {
         args.extend(crate::cli::declared_arg(setting));
     }
     args
+}
+
+/// The environment variables the settings read, each with what it sets
+/// and for which profile, for the man page.
+pub fn environment_variables() -> Vec<(&'static str, String)> {
+    let mut variables: Vec<(&'static str, String)> = Vec::new();
+    let scoped = REGISTERED
+        .iter()
+        .map(|p| (p.settings, p.name))
+        .chain([(SHARED, "every profile")]);
+    for (settings, scope) in scoped {
+        for setting in settings {
+            for source in setting.sources() {
+                if let Source::Env(var) = source {
+                    let help = setting.help().trim_end_matches('.');
+                    let words = match setting.switch() {
+                        true => ": 1/true/yes/on or 0/false/no/off",
+                        false => "",
+                    };
+                    variables.push((var, format!("{help}{words} ({scope})")));
+                }
+            }
+        }
+    }
+    variables
 }
 
 /// The settings tables of `docs/configuration.md`, made from the

@@ -4,9 +4,11 @@
 //! it, and signing with the key for CSRs and for TLS handshakes.
 
 mod der;
+#[cfg(feature = "mutual-tls")]
 mod signer;
 mod token;
 
+#[cfg(feature = "mutual-tls")]
 pub use signer::TlsSigner;
 pub use token::{Token, TokenKey};
 

@@ -16,8 +16,11 @@ use super::{hsm_error, Module};
 use crate::config::HsmSettings;
 use crate::error::{Error, ErrorKind, Result};
 use crate::keys::{rsa_modulus_bits, KeyAlgorithm, TokenLayout};
+#[cfg(feature = "mutual-tls")]
 use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsPssParams};
-use cryptoki::mechanism::{Mechanism, MechanismType};
+use cryptoki::mechanism::Mechanism;
+#[cfg(feature = "mutual-tls")]
+use cryptoki::mechanism::MechanismType;
 use cryptoki::object::{
     Attribute, AttributeType, CertificateType, KeyType, ObjectClass, ObjectHandle,
 };
@@ -198,6 +201,7 @@ impl Token {
 
     /// Whether the token offers a mechanism (a module that cannot say is
     /// taken at its word that it does not).
+    #[cfg(feature = "mutual-tls")]
     fn supports(&self, mechanism: MechanismType) -> bool {
         self.module
             .ctx
@@ -269,6 +273,7 @@ impl Token {
             private,
             public_raw,
             algorithm,
+            #[cfg(feature = "mutual-tls")]
             pss: algorithm == KeyAlgorithm::Rsa2048 && self.supports(MechanismType::RSA_PKCS_PSS),
         };
         key.self_test()?;
@@ -575,6 +580,7 @@ pub enum Padding {
     /// RSASSA-PKCS1-v1_5 with SHA-256: CSRs, and TLS 1.2.
     RsaPkcs1,
     /// RSASSA-PSS with SHA-256, MGF1-SHA256 and a 32-byte salt: TLS 1.3.
+    #[cfg(feature = "mutual-tls")]
     RsaPss,
 }
 
@@ -588,6 +594,7 @@ pub struct TokenKey {
     public_raw: Vec<u8>,
     algorithm: KeyAlgorithm,
     /// The token offers CKM_RSA_PKCS_PSS (TLS 1.3 needs it for RSA keys).
+    #[cfg(feature = "mutual-tls")]
     pss: bool,
 }
 
@@ -596,11 +603,13 @@ impl TokenKey {
         &self.token
     }
 
+    #[cfg(feature = "mutual-tls")]
     pub fn key_algorithm(&self) -> KeyAlgorithm {
         self.algorithm
     }
 
     /// Whether the key can make RSA-PSS signatures.
+    #[cfg(feature = "mutual-tls")]
     pub fn can_pss(&self) -> bool {
         self.pss
     }
@@ -625,6 +634,7 @@ impl TokenKey {
         let (mechanism, input) = match padding {
             Padding::Ecdsa => (Mechanism::Ecdsa, digest.as_ref().to_vec()),
             Padding::RsaPkcs1 => (Mechanism::RsaPkcs, sha256_digest_info(digest.as_ref())),
+            #[cfg(feature = "mutual-tls")]
             Padding::RsaPss => (
                 Mechanism::RsaPkcsPss(PkcsPssParams {
                     hash_alg: MechanismType::SHA256,

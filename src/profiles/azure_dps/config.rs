@@ -18,7 +18,7 @@ pub(crate) const TABLE: &str = "azure-dps";
 
 const ID_SCOPE: Setting<String> = Setting::new(
     "DPS ID scope",
-    "The ID scope of the Device Provisioning Service (Azure portal, DPS overview)",
+    "The ID scope of the Device Provisioning Service: letters and digits, e.g. 0ne00000A0A (Azure portal, DPS overview)",
     &[Key("id_scope")],
 )
 .required()
@@ -26,7 +26,7 @@ const ID_SCOPE: Setting<String> = Setting::new(
 
 const ENDPOINT: Setting<String, reqwest::Url> = Setting::new(
     "DPS endpoint",
-    "The Device Provisioning Service's global endpoint (https)",
+    "The Device Provisioning Service, https:// only",
     &[Key("endpoint"), Default(DEFAULT_ENDPOINT)],
 )
 .check(endpoint);
@@ -40,31 +40,34 @@ const API_VERSION: Setting<String> = Setting::new(
 
 const REGISTRATION_ID: Setting<String> = Setting::new(
     "registration id",
-    "The device's DPS registration id, also its certificate's common name",
+    "The DPS registration id, which is also the certificate's common name: lower-case letters, digits and - . _ :, at most 64 characters",
     &[Key("registration_id")],
 )
-.otherwise("the device UUID")
+.otherwise("the device UUID (from the PKCS#11 slot description, as for LmP, else a new random one), lower case")
 .check(registration_id);
 
 const PAYLOAD: Setting<String, serde_json::Value> = Setting::new(
     "payload",
-    "JSON sent to DPS with the registration (custom allocation policies read it)",
+    "JSON text sent to DPS with the registration (custom allocation policies read it)",
     &[Key("payload")],
 )
+.otherwise("none")
 .check(json);
 
 const ENROL_URL: Setting<String, reqwest::Url> = Setting::new(
     "factory enrolment",
-    "The factory's enrolment endpoint, for a device without a certificate",
+    "The factory's enrolment endpoint (docs/azure-dps.md), needed while the device has no certificate",
     &[Key("enrol_url")],
 )
+.otherwise("none")
 .check(url);
 
 const FACTORY_CA: Setting<PathBuf, CaBundle> = Setting::new(
     "factory CA",
-    "The CA the factory's certificate chain must verify to",
+    "PEM file: the chain the factory issues must verify to one of its certificates",
     &[Key("factory_ca")],
 )
+.otherwise("the chain must only hang together")
 .check(ca_bundle);
 
 const STATE_DIR: Setting<PathBuf> = Setting::new(

@@ -12,8 +12,9 @@
 pub(crate) mod config;
 pub(crate) mod dps;
 pub(crate) mod factory;
+mod status;
 
-use super::{report_fields, Answer, Answers, Backend, Enrolment, FromSettings, StepOutcome, StoredFile};
+use super::{report_fields, StateLocation, Answer, Answers, Backend, Enrolment, FromSettings, StepOutcome, StoredFile};
 use crate::config::{Common, Declarations, Resolver};
 use crate::csr::{build_csr_pem, CsrSubject};
 use crate::error::{Error, ErrorKind, Result};
@@ -208,6 +209,14 @@ impl AzureDps {
 impl FromSettings for AzureDps {
     const ABOUT: &'static str = "Azure IoT Hub Device Provisioning Service: a certificate from the factory, then DPS with it";
     const SETTINGS: Declarations = config::SETTINGS;
+
+    fn registration(location: &StateLocation) -> crate::status::Registration {
+        status::registration(&location.dir)
+    }
+
+    fn partway(dir: &Path) -> Option<(String, &'static str)> {
+        status::partway(dir)
+    }
 
     fn resolve(r: &mut Resolver<'_>) -> Option<AzureDps> {
         config::resolve(r).map(|settings| AzureDps { settings })

@@ -74,7 +74,7 @@ const TOKEN_HEADER: Setting<String> = Setting::new(
 
 const FACTORY: Setting<String> = Setting::new(
     "factory",
-    "Factory name",
+    "Factory name (\"lmp\", what an image without one says, is refused)",
     &[
         flag("factory", 'f', "FACTORY"),
         Env("DEVICE_FACTORY"),
@@ -119,7 +119,7 @@ const HARDWARE_ID: Setting<String> = Setting::new(
 
 const UUID: Setting<String> = Setting::new(
     "UUID",
-    "Device UUID",
+    "Device UUID, in 8-4-4-4-12 hex form unless --validate-uuid 0",
     &[flag("uuid", 'u', "UUID")],
 )
 .otherwise("from the PKCS#11 slot description, else a random v4 UUID")

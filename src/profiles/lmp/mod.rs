@@ -9,8 +9,9 @@ pub(crate) mod config;
 pub(crate) mod hooks;
 pub mod oauth;
 pub(crate) mod p11;
+mod status;
 
-use super::{report_fields, Answer, Answers, Backend, Enrolment, FromSettings, StepOutcome, StoredFile};
+use super::{report_fields, StateLocation, Answer, Answers, Backend, Enrolment, FromSettings, StepOutcome, StoredFile};
 use crate::config::{Common, Declarations, Resolver};
 use crate::csr::{build_csr_pem, CsrSubject};
 use crate::error::{Error, ErrorKind, Result};
@@ -178,6 +179,10 @@ impl Lmp {
 impl FromSettings for Lmp {
     const ABOUT: &'static str = "Linux microPlatform: the factory registration API, then fioconfig";
     const SETTINGS: Declarations = config::SETTINGS;
+
+    fn registration(location: &StateLocation) -> crate::status::Registration {
+        status::registration(&location.dir)
+    }
 
     fn resolve(r: &mut Resolver<'_>) -> Option<Lmp> {
         config::resolve(r).map(|settings| Lmp { settings })

@@ -36,7 +36,7 @@ const TOKEN_FILE: Setting<PathBuf> = Setting::new(
 
 const URL: Setting<String> = Setting::new(
     "Losant registration URL",
-    "The application's registration endpoint",
+    "The application's registration endpoint: https://, or http:// to this machine or with allow_http",
     &[
         Key("url"),
         Source::Given("the `url` claim of the registration token"),

@@ -10,8 +10,9 @@ pub(crate) mod api;
 pub(crate) mod config;
 pub(crate) mod jwt;
 pub(crate) mod mac;
+mod status;
 
-use super::{report_fields, Answer, Answers, Backend, Enrolment, FromSettings, StepOutcome, StoredFile};
+use super::{report_fields, StateLocation, Answer, Answers, Backend, Enrolment, FromSettings, StepOutcome, StoredFile};
 use crate::config::{Common, Declarations, Resolver};
 use crate::error::{Error, ErrorKind, Result};
 use crate::http::{self, HttpError};
@@ -69,6 +70,10 @@ impl Losant {
 impl FromSettings for Losant {
     const ABOUT: &'static str = "Losant dynamic registration: a registration JWT and a manufacturer id";
     const SETTINGS: Declarations = config::SETTINGS;
+
+    fn registration(location: &StateLocation) -> crate::status::Registration {
+        status::registration(&location.dir.join(&location.markers[0]))
+    }
 
     fn resolve(r: &mut Resolver<'_>) -> Option<Losant> {
         config::resolve(r).map(|settings| Losant { settings })

@@ -37,11 +37,11 @@ const DEVICE_TYPE: Setting<String> = Setting::new(
 
 const ARCHITECTURE: Setting<String> = Setting::new(
     "architecture",
-    "The device's architecture, in the fleet's (Go's) names",
+    "The device's architecture, in Go's names (aarch64 is arm64, x86_64 amd64, armv7l arm, i686 386)",
     &[
         Key("architecture"),
         Source::Device {
-            doc: "the machine (`uname -m`, as `arm64`, `amd64`, ...)",
+            doc: "the machine (`uname -m`)",
             read: machine_architecture,
         },
     ],
@@ -64,6 +64,7 @@ const CURRENT_OWNER: Setting<String, Option<String>> = Setting::new(
     "Sent with the registration",
     &[Key("current_owner")],
 )
+.otherwise("not sent")
 .check(optional);
 
 const TAILSCALE_ID: Setting<String, Option<String>> = Setting::new(
@@ -71,6 +72,7 @@ const TAILSCALE_ID: Setting<String, Option<String>> = Setting::new(
     "Sent with the registration",
     &[Key("tailscale_id")],
 )
+.otherwise("not sent")
 .check(optional);
 
 const ALIAS: Setting<String, Option<String>> = Setting::new(
@@ -78,11 +80,12 @@ const ALIAS: Setting<String, Option<String>> = Setting::new(
     "The device's name in the fleet manager",
     &[Key("alias")],
 )
+.otherwise("not sent")
 .check(optional);
 
 const DEVICE_ID: Setting<String, Option<String>> = Setting::new(
     "device id",
-    "The device's id (letters, digits, - and _)",
+    "The device's id: letters, digits, - and _, at most 128 (it is part of NATS subjects)",
     &[Key("device_id")],
 )
 .otherwise("a random UUIDv4 without dashes")
@@ -90,14 +93,14 @@ const DEVICE_ID: Setting<String, Option<String>> = Setting::new(
 
 const CN_TEMPLATE: Setting<String, CnTemplate> = Setting::new(
     "certificate name template",
-    "The certificate's common name, {id} standing for the device id",
+    "The certificate's common name: {id} once, for the device id",
     &[Key("cn_template"), Default(DEFAULT_CN_TEMPLATE)],
 )
 .check(cn_template);
 
 const KEY_TYPE: Setting<String, KeyAlgorithm> = Setting::new(
     "key type",
-    "The device key: ec-p256 or rsa-2048",
+    "The device key: ec-p256 or rsa-2048 (in software, or in the token of /etc/sota/hsm)",
     &[Key("key_type"), Default("ec-p256")],
 )
 .check(key_algorithm);
@@ -119,7 +122,7 @@ const RESULT_TIMEOUT: Setting<u64, Duration> = Setting::new(
 
 const STATE_DIR_SETTING: Setting<PathBuf> = Setting::new(
     "state dir",
-    "Where the key, the certificates and registration.json go",
+    "Where the key, the certificates and registration.json go (made 0700)",
     &[Key("state_dir"), UnderRoot(STATE_DIR)],
 );
 

@@ -6,8 +6,9 @@
 pub(crate) mod config;
 pub(crate) mod nats;
 pub(crate) mod provision;
+mod status;
 
-use super::{report_fields, Answer, Answers, Backend, Enrolment, FromSettings, StepOutcome, StoredFile};
+use super::{report_fields, StateLocation, Answer, Answers, Backend, Enrolment, FromSettings, StepOutcome, StoredFile};
 use crate::config::{CaBundle, Common, Declarations, Resolver};
 use crate::csr::{build_csr_pem, CsrSubject};
 use crate::error::{Error, ErrorKind, Result};
@@ -253,6 +254,10 @@ impl Tii {
 impl FromSettings for Tii {
     const ABOUT: &'static str = "TII fleet management: a provisioning server signs the CSR, then NATS registration over mutual TLS";
     const SETTINGS: Declarations = config::SETTINGS;
+
+    fn registration(location: &StateLocation) -> crate::status::Registration {
+        status::registration(&location.dir)
+    }
 
     fn resolve(r: &mut Resolver<'_>) -> Option<Tii> {
         config::resolve(r).map(|settings| Tii { settings })

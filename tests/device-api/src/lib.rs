@@ -258,9 +258,9 @@ pub struct Registration {
     pub sota_config_dir: String,
     /// The CSR's SubjectPublicKeyInfo, DER.
     pub public_key_spki_der: Vec<u8>,
-    /// The `client.pem` that was sent back.
+    /// The `client.pem` last sent back (an idempotent retry gets a new one).
     pub client_pem: String,
-    /// The whole JSON object that was sent back.
+    /// The whole JSON object last sent back.
     pub response: serde_json::Value,
 }
 

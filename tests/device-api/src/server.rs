@@ -325,10 +325,14 @@ impl Shared {
         let response = Value::Object(files);
 
         let mut state = self.state();
-        if let Some(known) = state.registrations.iter().find(|r| r.uuid == req.uuid) {
+        if let Some(known) = state.registrations.iter_mut().find(|r| r.uuid == req.uuid) {
             // The same device asking again with the same key is a client that
-            // never saw our earlier answer: give it its certificate again.
+            // never saw our earlier answer: give it a certificate again. It is
+            // a fresh one (new serial), and the one the device keeps, so the
+            // record follows it.
             if self.idempotent_retries && known.public_key_spki_der == csr.spki_der {
+                known.client_pem = client_pem;
+                known.response = response.clone();
                 return json(201, &response);
             }
             let msg = format!("device with uuid {} already exists", req.uuid);
