@@ -9,6 +9,8 @@ pub mod config;
 pub(crate) mod csr;
 pub mod error;
 pub(crate) mod flow;
+#[doc(hidden)]
+pub mod fuzzing;
 pub(crate) mod http;
 pub(crate) mod identity;
 pub(crate) mod keys;

@@ -115,6 +115,7 @@ fn a_torn_answer_then_a_cut_after_the_first_file_ends_installed_without_a_reques
         let api = DeviceApi::start(Options::default());
         let device = Device::new();
         boot_1_torn(&device, &api, kept, zeros);
+        let boot_1_certificate = cert_of(&api.registrations()[0].client_pem);
 
         // Boot 2: the same identity asks again, its answer is recorded,
         // power is lost after pkey.pem is installed.
@@ -145,14 +146,15 @@ fn a_torn_answer_then_a_cut_after_the_first_file_ends_installed_without_a_reques
             "{context}: boots 1 and 2 asked, boot 3 did not"
         );
         assert_eq!(uuids[0], uuids[1], "{context}: one identity");
-        // The idempotent double keeps boot 1's certificate as the device's
-        // and signs the same key again for boot 2: the installed one is
-        // boot 2's, for the same key.
+        // The idempotent double signs the same key again for boot 2 and
+        // records that certificate: the installed one is boot 2's, not the
+        // torn boot 1's, for the same key.
         let registrations = api.registrations();
         assert_eq!(registrations.len(), 1, "{context}");
         let client = std::fs::read_to_string(device.sota().join("client.pem")).unwrap();
         let der = cert_of(&client);
-        assert_ne!(der, cert_of(&registrations[0].client_pem), "{context}");
+        assert_ne!(der, boot_1_certificate, "{context}");
+        assert_eq!(der, cert_of(&registrations[0].client_pem), "{context}");
         let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
         assert_eq!(
             cert.public_key().raw,

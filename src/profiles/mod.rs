@@ -23,7 +23,8 @@ use std::path::Path;
 
 /// Every profile, one line each: its name (which is also its table in the
 /// config file and, for all but lmp, its cargo feature) and its type, in
-/// its module of the same name.
+/// its module of the same name. A line that ends in `in tests` is a profile
+/// only tests build: builds without it do not know its name.
 macro_rules! for_each_profile {
     ($then:ident ! $args:tt) => {
         $then! { $args
@@ -31,13 +32,24 @@ macro_rules! for_each_profile {
             #[cfg(feature = "losant")] "losant" => losant::Losant,
             #[cfg(feature = "tii")] "tii" => tii::Tii,
             #[cfg(feature = "azure-dps")] "azure-dps" => azure_dps::AzureDps,
+            #[cfg(feature = "example")] "example" => example::Example in tests,
         }
+    };
+}
+
+/// Whether images may have a profile: all but those only tests build.
+macro_rules! shipped {
+    () => {
+        true
+    };
+    (tests) => {
+        false
     };
 }
 
 /// The modules, the [`Profile`] enum and the [`REGISTERED`] list.
 macro_rules! declare_profiles {
-    ([] $( $(#[$cfg:meta])* $name:literal => $module:ident :: $type:ident, )*) => {
+    ([] $( $(#[$cfg:meta])* $name:literal => $module:ident :: $type:ident $(in $only:ident)?, )*) => {
         $( $(#[$cfg])* pub mod $module; )*
 
         /// The profile this run registers with.
@@ -47,9 +59,8 @@ macro_rules! declare_profiles {
             $( $(#[$cfg])* $type($module::$type), )*
         }
 
-        /// Every profile name, including those a smaller build leaves out,
-        /// so that a config file written for a full build still reads.
-        pub const ALL_NAMES: &[&str] = &[$($name),*];
+        /// Every profile name and whether images may have it.
+        const ALL: &[(&str, bool)] = &[$( ($name, shipped!($($only)?)) ),*];
 
         /// The profiles of this build.
         pub(crate) const REGISTERED: &[Registration] = &[
@@ -79,7 +90,7 @@ for_each_profile!(declare_profiles![]);
 /// The arms of [`dispatch!`].
 macro_rules! dispatch_arms {
     ([$self:expr, $profile:ident => $body:expr]
-     $( $(#[$cfg:meta])* $name:literal => $module:ident :: $type:ident, )*) => {
+     $( $(#[$cfg:meta])* $name:literal => $module:ident :: $type:ident $(in $only:ident)?, )*) => {
         match $self {
             $( $(#[$cfg])* Profile::$type($profile) => $body, )*
         }
@@ -139,13 +150,24 @@ pub(crate) fn state_locations(
 ) -> Result<Vec<(&'static str, StateLocation)>> {
     let mut found = Vec::new();
     for registration in REGISTERED {
-        let mut r = Resolver::new(command_line, env, ALL_NAMES)?;
+        let mut r = Resolver::new(command_line, env, &all_names())?;
         r.enter_table(registration.name, registration.settings);
         if let Some(location) = (registration.locate)(&mut r) {
             found.push((registration.name, location));
         }
     }
     Ok(found)
+}
+
+/// Every profile name this build knows: its own profiles and those a
+/// smaller build leaves out, so that a config file written for a full
+/// build still reads.
+pub(crate) fn all_names() -> Vec<&'static str> {
+    let built = |name: &str| REGISTERED.iter().any(|p| p.name == name);
+    ALL.iter()
+        .filter(|(name, shipped)| *shipped || built(name))
+        .map(|(name, _)| *name)
+        .collect()
 }
 
 /// A profile of this build, as `--profile` and the docs know it.
@@ -164,14 +186,15 @@ fn registered(name: String, what: &str) -> std::result::Result<&'static Registra
     if let Some(registration) = REGISTERED.iter().find(|p| p.name == name) {
         return Ok(registration);
     }
-    if ALL_NAMES.contains(&name.as_str()) {
+    let known = all_names();
+    if known.contains(&name.as_str()) {
         Err(format!(
             "{what}: this build has no {name} profile (it was built without the cargo feature {name})"
         ))
     } else {
         Err(format!(
             "{what}: unknown profile {name:?} (known: {})",
-            ALL_NAMES.join(", ")
+            known.join(", ")
         ))
     }
 }
@@ -195,7 +218,7 @@ pub(crate) const SHARED: Declarations = &[&PROFILE];
 /// every problem reported at once. It reads the device's files and changes
 /// nothing, so a command can resolve without registering.
 pub(crate) fn resolve(command_line: &CommandLine, env: &Environment) -> Result<(Common, Profile)> {
-    let mut r = Resolver::new(command_line, env, ALL_NAMES)?;
+    let mut r = Resolver::new(command_line, env, &all_names())?;
     let chosen = r.get(&PROFILE).unwrap_or(&REGISTERED[0]);
     r.enter_table(chosen.name, chosen.settings);
     let profile = (chosen.resolve)(&mut r);
@@ -608,7 +631,7 @@ mod tests {
         let command_line = CommandLine::try_parse_from(["x", "--root", root_arg]).unwrap();
         let env = Environment::default();
         for profile in REGISTERED {
-            let mut r = Resolver::new(&command_line, &env, ALL_NAMES).unwrap();
+            let mut r = Resolver::new(&command_line, &env, &all_names()).unwrap();
             r.enter_table(profile.name, profile.settings);
             let _ = (profile.resolve)(&mut r);
             r.hsm();

@@ -8,6 +8,8 @@
 
 pub(crate) mod api;
 pub(crate) mod config;
+#[doc(hidden)]
+pub mod fuzzing;
 pub(crate) mod jwt;
 pub(crate) mod mac;
 mod status;

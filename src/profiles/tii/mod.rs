@@ -4,6 +4,8 @@
 //! TLS, the key in software or in a PKCS#11 token).
 
 pub(crate) mod config;
+#[doc(hidden)]
+pub mod fuzzing;
 pub(crate) mod nats;
 pub(crate) mod provision;
 mod status;
