@@ -315,16 +315,18 @@ pub fn server_message(body: &[u8]) -> String {
         }
         _ => text.to_string(),
     };
-    let cleaned: String = message
-        .trim()
+    // Trimmed after the control characters became spaces: an escape
+    // sequence at either end would otherwise leave a space there.
+    let spaced: String = message
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect();
+    let cleaned = spaced.trim();
     if cleaned.chars().count() > MAX_SHOWN_ERROR_CHARS {
         let cut: String = cleaned.chars().take(MAX_SHOWN_ERROR_CHARS).collect();
         format!("{cut}...")
     } else {
-        cleaned
+        cleaned.to_string()
     }
 }
 
@@ -361,6 +363,9 @@ mod tests {
             "csr: bad; name: is taken"
         );
         assert_eq!(server_message(b"a\x1b[31mb"), "a [31mb");
+        // Found by fuzzing: a control character at an end left a space there.
+        assert_eq!(server_message(b"\x05missing\x00"), "missing");
+        assert_eq!(server_message(b"\x1b[31mError\x07"), "[31mError");
         assert!(server_message(&[b'x'; 5000]).ends_with("..."));
     }
 

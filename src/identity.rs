@@ -203,7 +203,7 @@ fn damaged(path: &Path, why: impl std::fmt::Display) -> Error {
 
 /// What a journal's bytes hold: the identity, the last whole answer, and how
 /// many records it skipped as cut short or damaged.
-fn parse(bytes: &[u8]) -> std::result::Result<(Pending, usize), String> {
+pub(crate) fn parse(bytes: &[u8]) -> std::result::Result<(Pending, usize), String> {
     // JSON escapes every control character, so neither a newline nor a NUL
     // (unwritten room) occurs inside a record: both only separate records.
     let mut records = bytes

@@ -64,10 +64,13 @@ impl RetryPolicy {
 
     /// The delay after `attempt` consecutive failures: the server's floor
     /// (`Retry-After`, else nothing) plus full jitter, anywhere between zero
-    /// and the ceiling.
+    /// and the ceiling. Saturating: a server may ask for any number of
+    /// seconds, up to `u64::MAX`, and is then given up on (deadline).
     fn delay(&self, attempt: u32, floor: Option<Duration>, rng: &mut fastrand::Rng) -> Duration {
         let ceiling = self.backoff_ceiling(attempt).as_millis() as u64;
-        floor.unwrap_or(Duration::ZERO) + Duration::from_millis(rng.u64(0..=ceiling))
+        floor
+            .unwrap_or(Duration::ZERO)
+            .saturating_add(Duration::from_millis(rng.u64(0..=ceiling)))
     }
 }
 
@@ -167,6 +170,17 @@ mod tests {
             max_delay: Duration::from_millis(4),
             deadline: Duration::from_secs(5),
             max_attempts,
+        }
+    }
+
+    #[test]
+    fn the_largest_retry_after_does_not_overflow() {
+        // Found by fuzzing: `Retry-After: 18446744073709551615` panicked
+        // ("overflow when adding durations") in the retry loop.
+        let mut rng = fastrand::Rng::with_seed(1);
+        for attempt in 1..=40 {
+            let delay = RetryPolicy::boot().delay(attempt, Some(Duration::MAX), &mut rng);
+            assert_eq!(delay, Duration::MAX);
         }
     }
 

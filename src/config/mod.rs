@@ -20,7 +20,7 @@ mod resolver;
 mod setting;
 
 pub use devicefiles::parse_single_line;
-pub(crate) use devicefiles::{read_optional, read_secret_optional};
+pub(crate) use devicefiles::{parse_shell_vars, read_optional, read_secret_optional};
 pub(crate) use docs::help_text;
 pub use hsm::parse_hsm_file;
 pub(crate) use hsm::HsmSettings;

@@ -89,12 +89,13 @@ pub(crate) fn check_chain(
     Ok(DeviceCertificate { pem, chain })
 }
 
-/// Checks the factory's 201 body.
+/// Checks the factory's 201 body (certificates valid at `now`).
 pub(crate) fn validate(
     body: &[u8],
     public_key: &[u8],
     id: &str,
     factory_ca: Option<&CaBundle>,
+    now: ASN1Time,
 ) -> Result<DeviceCertificate> {
     let bad = |why: String| {
         Error::new(
@@ -104,14 +105,7 @@ pub(crate) fn validate(
     };
     let answer: EnrolAnswer = serde_json::from_slice(body)
         .map_err(|e| bad(format!("it is not {{\"certificate\": \"<PEM>\"}}: {e}")))?;
-    check_chain(
-        &answer.certificate,
-        public_key,
-        id,
-        factory_ca,
-        ASN1Time::now(),
-    )
-    .map_err(bad)
+    check_chain(&answer.certificate, public_key, id, factory_ca, now).map_err(bad)
 }
 
 #[cfg(test)]
@@ -166,6 +160,7 @@ mod tests {
             key.der_bytes(),
             "dev-1",
             Some(&bundle(&factory)),
+            ASN1Time::now(),
         )
         .unwrap();
         assert_eq!(cert.chain.len(), 2);
@@ -173,7 +168,14 @@ mod tests {
             x509::require_certificates(&cert.leaf_pem()).unwrap(),
             cert.chain[..1]
         );
-        validate(body.as_bytes(), key.der_bytes(), "dev-1", None).unwrap();
+        validate(
+            body.as_bytes(),
+            key.der_bytes(),
+            "dev-1",
+            None,
+            ASN1Time::now(),
+        )
+        .unwrap();
     }
 
     #[test]
@@ -208,6 +210,7 @@ mod tests {
                 key.der_bytes(),
                 "dev-1",
                 ca.map(bundle).as_ref(),
+                ASN1Time::now(),
             )
             .err()
             .unwrap();
@@ -217,7 +220,7 @@ mod tests {
                 "{err} should say {expected}"
             );
         }
-        let err = validate(b"[]", key.der_bytes(), "dev-1", None)
+        let err = validate(b"[]", key.der_bytes(), "dev-1", None, ASN1Time::now())
             .err()
             .unwrap();
         assert!(err.to_string().contains("certificate"), "{err}");

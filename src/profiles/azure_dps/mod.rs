@@ -12,6 +12,8 @@
 pub(crate) mod config;
 pub(crate) mod dps;
 pub(crate) mod factory;
+#[doc(hidden)]
+pub mod fuzzing;
 mod status;
 
 use super::{report_fields, StateLocation, Answer, Answers, Backend, Enrolment, FromSettings, StepOutcome, StoredFile};
@@ -158,7 +160,13 @@ impl AzureDps {
         })
         .await
         .map_err(|e| self.factory_refusal(e, id, resumed))?;
-        factory::validate(&body, key.der_bytes(), id, s.factory_ca.as_ref())
+        factory::validate(
+            &body,
+            key.der_bytes(),
+            id,
+            s.factory_ca.as_ref(),
+            ASN1Time::now(),
+        )
     }
 
     fn factory_refusal(&self, error: HttpError, id: &str, resumed: bool) -> Error {
@@ -411,5 +419,16 @@ impl Backend for AzureDps {
 
     fn after_commit(&self) -> Vec<(&'static str, StepOutcome)> {
         Vec::new()
+    }
+
+    fn endpoints(&self) -> Vec<super::Endpoint> {
+        let s = &self.settings;
+        let endpoint = |what, url: &reqwest::Url| super::Endpoint {
+            what,
+            url: url.clone(),
+            cacert: s.cacert.clone(),
+        };
+        let factory = s.enrol_url.iter().map(|url| endpoint("enrol_url", url));
+        factory.chain([endpoint("DPS endpoint", &s.endpoint)]).collect()
     }
 }

@@ -137,23 +137,7 @@ impl Lmp {
         token: Option<&Token>,
     ) -> Result<Answer> {
         let s = &self.settings;
-        // With a token key, sota.toml carries the user PIN in [p11].
-        let p11_sota_toml = token
-            .map(|token| p11::sota_toml_with_p11(&bundle.sota_toml, p11::section(token)))
-            .transpose()?;
-        let mut files = Vec::new();
-        for file in answer::ALLOWED_FILES {
-            match (file, &p11_sota_toml) {
-                (answer::SOTA_TOML, Some(text)) => {
-                    files.push(StoredFile::new(file, PRIVATE_MODE, text.expose()));
-                }
-                _ => {
-                    if let Some(contents) = bundle.files.get(file) {
-                        files.push(StoredFile::new(file, PUBLIC_MODE, contents.as_str()));
-                    }
-                }
-            }
-        }
+        let files = files_to_store(bundle, token.map(p11::section))?;
         // aktualizr-lite's database belongs to the identity being replaced,
         // and so does a software key when the new one is in the token.
         let mut obsolete = vec!["sql.db".to_string()];
@@ -192,6 +176,32 @@ impl FromSettings for Lmp {
         let dir = config::sota_dir(r)?;
         Some(super::StateLocation::new(dir, REGISTERED_MARKERS))
     }
+}
+
+/// The files of a validated answer, in the order they are committed. With a
+/// token key (`p11`: its section), `sota.toml` carries the user PIN in
+/// `[p11]` and is private.
+pub(crate) fn files_to_store(
+    bundle: &answer::Bundle,
+    p11: Option<toml::Table>,
+) -> Result<Vec<StoredFile>> {
+    let p11_sota_toml = p11
+        .map(|p11| p11::sota_toml_with_p11(&bundle.sota_toml, p11))
+        .transpose()?;
+    let mut files = Vec::new();
+    for name in answer::ALLOWED_FILES {
+        match (name, &p11_sota_toml) {
+            (answer::SOTA_TOML, Some(text)) => {
+                files.push(StoredFile::new(name, PRIVATE_MODE, text.expose()));
+            }
+            _ => {
+                if let Some(contents) = bundle.files.get(name) {
+                    files.push(StoredFile::new(name, PUBLIC_MODE, contents.as_str()));
+                }
+            }
+        }
+    }
+    Ok(files)
 }
 
 impl Backend for Lmp {
@@ -349,5 +359,20 @@ impl Backend for Lmp {
             StepOutcome::Skipped
         };
         vec![("fioconfig", fioconfig), ("aktualizr_lite", aktualizr_lite)]
+    }
+
+    fn endpoints(&self) -> Vec<super::Endpoint> {
+        let s = &self.settings;
+        let endpoint = |what, url: &reqwest::Url| super::Endpoint {
+            what,
+            url: url.clone(),
+            cacert: s.cacert.clone(),
+        };
+        let mut endpoints = vec![endpoint("DEVICE_API", &s.device_api)];
+        // Without a token, the OAuth device flow asks there first.
+        if s.token.is_none() {
+            endpoints.push(endpoint("OAUTH_BASE", &s.oauth_base));
+        }
+        endpoints
     }
 }

@@ -82,12 +82,25 @@ pub fn interface_address(net_dir: &Path, interface: &str) -> Result<InterfaceAdd
             format!("{}: {e}", path.display())
         }
     })?;
+    let assign_type = attribute(&dir, "addr_assign_type");
+    checked_address(interface, &path, &text, assign_type.as_deref())
+}
+
+/// What the sysfs files of `interface` say, checked: `text` is its
+/// `address` file (read from `path`), `assign_type` its `addr_assign_type`
+/// (trimmed; `None` when it cannot be read).
+pub fn checked_address(
+    interface: &str,
+    path: &Path,
+    text: &str,
+    assign_type: Option<&str>,
+) -> Result<InterfaceAddress, String> {
     let mac = parse_mac(text.trim())
         .ok_or_else(|| format!("{}: not an Ethernet MAC address", path.display()))?;
     if mac == "00:00:00:00:00:00" {
         return Err(format!("{}: the address is all zeros", path.display()));
     }
-    let warning = match attribute(&dir, "addr_assign_type").as_deref() {
+    let warning = match assign_type {
         Some("1") => {
             return Err(format!(
                 "the address of {interface} is random (addr_assign_type 1) and would change on the next boot"

@@ -282,9 +282,22 @@ pub fn timestamp() -> String {
         .unwrap_or_default()
 }
 
-fn interpret(payload: &[u8]) -> Result<Registered, NatsError> {
-    let result: ResultMessage = serde_json::from_slice(payload)
-        .map_err(|e| NatsError::BadResult(format!("not the expected JSON: {e}")))?;
+/// The fleet manager's result: the registration data, or why not.
+pub fn interpret(payload: &[u8]) -> Result<Registered, NatsError> {
+    // serde's message quotes a string it did not expect, and the result
+    // holds the registration's secrets (a fleet manager that encodes its
+    // result twice sends all of it as one string): say only where.
+    let result: ResultMessage = serde_json::from_slice(payload).map_err(|e| {
+        let what = match e.classify() {
+            serde_json::error::Category::Data => "not the expected shape",
+            _ => "not JSON",
+        };
+        NatsError::BadResult(format!(
+            "not the expected JSON: {what} at line {} column {}",
+            e.line(),
+            e.column()
+        ))
+    })?;
     match result.status.as_str() {
         "success" => Ok(Registered {
             payload: match result.payload {
@@ -362,6 +375,22 @@ mod tests {
             Err(NatsError::BadResult(_))
         ));
         assert!(matches!(interpret(b"nope"), Err(NatsError::BadResult(_))));
+    }
+
+    /// Found by fuzzing: serde's message quoted the result when it was a
+    /// JSON string, as a result encoded twice is, secrets and all.
+    #[test]
+    fn an_unusable_result_is_not_quoted() {
+        let twice = serde_json::to_vec(
+            &serde_json::json!({"status": "success", "payload": {"token": "s3cr3t-token"}})
+                .to_string(),
+        )
+        .unwrap();
+        for result in [twice.as_slice(), br#"{"status": "success", "alias": ["s3cr3t-token"]}"#] {
+            let error = interpret(result).err().unwrap().to_string();
+            assert!(error.contains("not the expected JSON"), "{error}");
+            assert!(!error.contains("s3cr3t"), "{error}");
+        }
     }
 
     #[test]
