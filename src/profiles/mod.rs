@@ -477,11 +477,10 @@ pub(crate) struct Enrolment<'a> {
     /// The identity is the one an earlier run stored through the
     /// [`Checkpoint`] ([`Backend::stored_identity`]): its files are in the
     /// state dir.
-    // Only the profiles that register in two stages read these two.
-    #[cfg_attr(not(feature = "azure-dps"), allow(dead_code))]
+    #[cfg(feature = "two-stage")]
     pub stored: bool,
     /// Stores the first stage of a registration that has two.
-    #[cfg_attr(not(feature = "azure-dps"), allow(dead_code))]
+    #[cfg(feature = "two-stage")]
     pub checkpoint: &'a dyn Checkpoint,
 }
 
@@ -489,7 +488,7 @@ pub(crate) struct Enrolment<'a> {
 /// outlive a failure of the second (a certificate from the factory, then a
 /// service that may not know the device yet): the flow stores the first
 /// stage's files at once, with the device key.
-#[cfg_attr(not(feature = "azure-dps"), allow(dead_code))]
+#[cfg(feature = "two-stage")]
 pub(crate) trait Checkpoint {
     /// Installs `files` (and a software key) in the state dir now. From then
     /// on they are the device's identity: the flow never discards it, and
@@ -504,9 +503,9 @@ pub(crate) trait Checkpoint {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Answers {
     /// It answers again (DPS assigns the same device again): a lost answer
-    /// costs one more request.
-    // Only azure-dps answers again so far.
-    #[cfg_attr(not(feature = "azure-dps"), allow(dead_code))]
+    /// costs one more request. A two-stage registration counts on it: its
+    /// stored first stage asks the second again until it is answered.
+    #[cfg(feature = "two-stage")]
     Again,
     /// It answers once, or may (Losant's credentials, TII's fleet-manager
     /// result, a factory API that answers 409 for a known device): an answer
