@@ -47,6 +47,10 @@ pub struct Cli {
     #[arg(long)]
     pub status: bool,
 
+    /// Check everything a registration would need (settings, clock, file modes, token, state, servers) without registering, and exit; changes nothing.
+    #[arg(long, conflicts_with = "status")]
+    pub check: bool,
+
     /// First-boot mode for the systemd unit: an existing registration is success, and network failures are retried until the deadline.
     #[arg(long)]
     pub boot: bool,

@@ -20,12 +20,14 @@ use crate::identity::{self, Identity, Pending};
 use crate::keys::pkcs11::{Module, Token};
 use crate::keys::{DeviceKey, KeySpec, SoftwareKey};
 use crate::logging::{self, Context};
-use crate::profiles::{Answer, Answers, Backend, Checkpoint, Enrolment, Profile, StoredFile};
+#[cfg(feature = "two-stage")]
+use crate::profiles::Checkpoint;
+use crate::profiles::{Answer, Answers, Backend, Enrolment, Profile, StoredFile};
 use crate::retry::{retry, RetryPolicy, Retryable};
 use crate::secret::Secret;
 use crate::store::{self, PRIVATE_MODE};
 use serde_json::{Map, Value};
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -161,43 +163,37 @@ async fn enrol(
     identity: Identity,
     token: Option<&Token>,
 ) -> Result<(Accepted, Vec<String>)> {
-    let key_spec = profile.key_spec();
-    let checkpoint = IdentityStore {
-        dir,
-        id: &identity.id,
-        key_file: key_spec.as_ref().map(|spec| spec.file),
-        software_key: match identity.stored {
-            true => None,
-            false => identity.key.as_ref().and_then(DeviceKey::private_pem),
-        },
-        replaced: profile.markers(),
-        key_in_token: matches!(identity.key, Some(DeviceKey::Token(_))),
-        stored: Cell::new(identity.stored),
-        written: RefCell::new(Vec::new()),
+    // A stored identity's key file is in place already.
+    let software_key = match identity.stored {
+        true => None,
+        false => identity.key.as_ref().and_then(DeviceKey::private_pem),
     };
+    #[cfg(feature = "two-stage")]
+    let checkpoint = IdentityStore::new(dir, profile, &identity, software_key.as_ref());
     let enrolled = profile
         .enrol(Enrolment {
             common,
             id: &identity.id,
             key: identity.key.as_ref(),
             resumed: identity.resumed,
+            #[cfg(feature = "two-stage")]
             stored: identity.stored,
+            #[cfg(feature = "two-stage")]
             checkpoint: &checkpoint,
         })
         .await;
-    let stored = checkpoint.stored.get();
+    // Whether the identity is stored, and what a first stage of this run
+    // stored.
+    #[cfg(feature = "two-stage")]
+    let (stored, written) = checkpoint.stored();
+    #[cfg(not(feature = "two-stage"))]
+    let (stored, written) = (identity.stored, Vec::new());
     let answer = enrolled.inspect_err(|error| {
         identity::keep_or_discard(dir, &identity.id, stored, token, error);
     })?;
     // From here on the fleet holds the device: every failure keeps it.
-    let IdentityStore {
-        software_key,
-        written,
-        ..
-    } = checkpoint;
     let accepted = Accepted {
         id: identity.id.clone(),
-        // A stored identity's key file is in place already.
         software_key: software_key.filter(|_| !stored),
         answer,
         // Recorded by the first attempt at storing it.
@@ -206,7 +202,7 @@ async fn enrol(
     // The key (and with it, soon, the token session) is closed before
     // anything else runs.
     drop(identity);
-    Ok((accepted, written.into_inner()))
+    Ok((accepted, written))
 }
 
 /// A registration the server accepted, on its way to the disk.
@@ -229,13 +225,12 @@ enum AnswerKept {
 
 /// The flow's side of the [`Checkpoint`]: installs a first stage with the
 /// key file, after which the journal is no longer needed.
-// A build without two-stage profiles never calls it.
-#[cfg_attr(not(feature = "azure-dps"), allow(dead_code))]
+#[cfg(feature = "two-stage")]
 struct IdentityStore<'a> {
     dir: &'a Path,
     id: &'a str,
     key_file: Option<&'static str>,
-    software_key: Option<Secret>,
+    software_key: Option<&'a Secret>,
     /// Markers of a registration that `--force` replaces: they describe
     /// another identity once this one is stored.
     replaced: Vec<&'a str>,
@@ -243,15 +238,42 @@ struct IdentityStore<'a> {
     key_in_token: bool,
     stored: Cell<bool>,
     /// What it stored, for `--json`.
-    written: RefCell<Vec<String>>,
+    written: std::cell::RefCell<Vec<String>>,
 }
 
+#[cfg(feature = "two-stage")]
+impl<'a> IdentityStore<'a> {
+    fn new(
+        dir: &'a Path,
+        profile: &'a Profile,
+        identity: &'a Identity,
+        software_key: Option<&'a Secret>,
+    ) -> Self {
+        IdentityStore {
+            dir,
+            id: &identity.id,
+            key_file: profile.key_spec().map(|spec| spec.file),
+            software_key,
+            replaced: profile.markers(),
+            key_in_token: matches!(identity.key, Some(DeviceKey::Token(_))),
+            stored: Cell::new(identity.stored),
+            written: Default::default(),
+        }
+    }
+
+    /// Whether the identity is stored, and the names this run stored.
+    fn stored(self) -> (bool, Vec<String>) {
+        (self.stored.get(), self.written.into_inner())
+    }
+}
+
+#[cfg(feature = "two-stage")]
 impl Checkpoint for IdentityStore<'_> {
     fn store_identity(&self, files: Vec<StoredFile>) -> Result<()> {
         if self.stored.get() {
             return Err(Error::internal("the identity is stored already"));
         }
-        let entries = entries_to_store(self.key_file, self.software_key.as_ref(), &files);
+        let entries = entries_to_store(self.key_file, self.software_key, &files);
         let replaced = store::present(self.dir, &self.replaced)?;
         if !replaced.is_empty() {
             tracing::warn!(
@@ -322,6 +344,7 @@ fn accepted_but(error: Error, id: &str, kept: AnswerKept, answers: Answers) -> E
         (AnswerKept::Recorded, _) => {
             format!("the server accepted device {id}: the next run finishes storing it without registering it again")
         }
+        #[cfg(feature = "two-stage")]
         (AnswerKept::IdentityOnly, Answers::Again) => format!(
             "the server accepted device {id}: its identity is kept, and the next run asks the server again for the same device"
         ),

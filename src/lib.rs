@@ -3,6 +3,7 @@
 //! `run` is the whole program; `main.rs` only hands it the arguments and the
 //! environment.
 
+pub(crate) mod check;
 pub mod cli;
 pub(crate) mod clock;
 pub mod config;
@@ -92,6 +93,9 @@ pub fn run(args: impl IntoIterator<Item = OsString>, env: Environment) -> u8 {
     let _in_run = run_span.enter();
     if cli.status {
         return status::run(&command_line, &env).unwrap_or_else(|e| failed(cli.json, e));
+    }
+    if cli.check {
+        return check::run(&command_line, &env).unwrap_or_else(|e| failed(cli.json, e));
     }
     let result = profiles::resolve(&command_line, &env).and_then(|(common, profile)| {
         logging::note(logging::Context::Profile, profile.name());

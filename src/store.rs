@@ -211,11 +211,22 @@ pub fn prepare(dir: &Path) -> Result<()> {
             )))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let existing = dir.ancestors().find(|a| a.exists()).map(Path::to_path_buf);
             DirBuilder::new()
                 .recursive(true)
                 .mode(STATE_DIR_MODE)
                 .create(dir)
                 .with_kind_context(ErrorKind::Config, io_error(dir, "create"))?;
+            // A new directory survives power loss only once the directory
+            // that holds its entry is synced: without this, a cut could take
+            // the whole state dir, journal and all, though every file in it
+            // was synced.
+            for parent in dir.ancestors().skip(1) {
+                sync_dir(parent)?;
+                if Some(parent) == existing.as_deref() {
+                    break;
+                }
+            }
         }
         Err(e) => {
             return Err(e).with_kind_context(ErrorKind::Config, io_error(dir, "inspect"));

@@ -10,6 +10,15 @@
 //! software key and SoftHSM2, with and without idempotent retries on the
 //! server, and prints the table README "Reliability" quotes.
 //!
+//! The same for every profile (lmp, Losant, TII, azure-dps with both stages
+//! in one boot and its first boot after the factory stage), against the
+//! doubles of tests/fleet_support: one-shot faults at the state dir's calls
+//! and a disk that stays full from each of them on (every call anywhere in
+//! the full sweep). A service that answers once (Losant, TII's fleet
+//! manager) may lose an answer to a disk that never recovers; then the
+//! agent must name the device and say it is to be deleted. Last, the cases
+//! of such a disk and of an unreadable factory certificate one by one.
+//!
 //! SoftHSM2 runs inside the agent, so its own file I/O gets faults too. Each
 //! faulted run is traced with stacks (`strace -k`): a fault whose stack
 //! passes through libsofthsm2.so hit SoftHSM2. When such a fault leaves the
@@ -18,10 +27,14 @@
 //! same rules as the software key.
 
 mod common;
+mod fleet_support;
 mod hsm_support;
+mod losant_support;
 
 use common::*;
 use device_api::{DeviceApi, Options};
+use fleet_support::Rig;
+use powercut::Node;
 use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -796,11 +809,14 @@ fn the_fault_model_sees_where_a_fault_lands() {
     if !strace_available() {
         return;
     }
-    // The journal's identity record is the first write to the state dir:
-    // failing it must stop the run before any request.
+    // The journal's identity record is the first file written in the state
+    // dir (before it, only the directory that holds the state dir is
+    // synced, once the state dir is made): failing its fsync must stop the
+    // run before any request.
     let api = DeviceApi::start(Options::default());
     let device = Device::new(Key::Software);
     let trace = device.dir.path().join("strace.txt");
+    let journal = device.sota().join("..lmp-device-register.pending.tmp");
     let status = device.traced(
         &api,
         &[
@@ -810,6 +826,7 @@ fn the_fault_model_sees_where_a_fault_lands() {
             "-o".into(),
             trace.display().to_string(),
             "--trace=fsync".into(),
+            format!("--trace-path={}", journal.display()),
             "--inject=fsync:error=EIO:when=1".into(),
         ],
     );
@@ -827,4 +844,713 @@ fn the_fault_model_sees_where_a_fault_lands() {
         "{:?}",
         listing(&device.sota())
     );
+}
+
+// ---------------------------------------------------------------------------
+// Every profile: lmp, Losant, TII, azure-dps (both stages in one boot, and
+// the first boot after the factory stage), against the doubles of
+// tests/fleet_support. One-shot faults at each call, and a disk that stays
+// full from a call on.
+
+/// The kinds a disk that stays full fails: new files and opens (strace
+/// cannot tell an open for reading apart, so those fail too), data,
+/// directory entries, and the fsync that allocates.
+const FULL_DISK_KINDS: &[&str] = &["openat", "write", "mkdir", "rename", "fsync"];
+
+/// The kinds whose state-dir calls the bounded sample faults one at a time.
+const PROFILE_SAMPLED_KINDS: &[&str] = &["openat", "write", "fsync", "rename", "mkdir", "unlink"];
+
+/// One fault of the profile sweep.
+#[derive(Clone, Debug)]
+struct ProfileCase {
+    /// Each injection: the syscall and the first call (1-based) it fails.
+    inject: Vec<(&'static str, usize)>,
+    errno: &'static str,
+    /// From that call on (a disk that stays full), or that call only.
+    persistent: bool,
+    /// Only calls on the state dir's paths count and fail (strace -P), or
+    /// every call of the kind.
+    state_dir_only: bool,
+}
+
+impl ProfileCase {
+    fn strace_options(&self, trace: &Path, state_paths: &[String]) -> Vec<String> {
+        let mut options: Vec<String> = vec!["-f", "-qq", "-y", "-o"]
+            .into_iter()
+            .map(String::from)
+            .collect();
+        options.push(trace.display().to_string());
+        let kinds: Vec<&str> = self.inject.iter().map(|(kind, _)| *kind).collect();
+        options.push(format!("--trace={}", kinds.join(",")));
+        if self.state_dir_only {
+            options.extend(state_paths.iter().map(|p| format!("--trace-path={p}")));
+        }
+        for (kind, first) in &self.inject {
+            let when = match self.persistent {
+                true => format!("{first}+"),
+                false => first.to_string(),
+            };
+            options.push(format!("--inject={kind}:error={}:when={when}", self.errno));
+        }
+        options
+    }
+
+    fn describe(&self) -> String {
+        let calls: Vec<String> = self
+            .inject
+            .iter()
+            .map(|(kind, first)| format!("{kind}#{first}"))
+            .collect();
+        format!(
+            "{} {} {}{}",
+            if self.persistent {
+                "full disk from"
+            } else {
+                "one-shot"
+            },
+            self.errno,
+            calls.join(" "),
+            if self.state_dir_only {
+                " (state dir)"
+            } else {
+                ""
+            }
+        )
+    }
+}
+
+/// What a clean registration of a profile does to its state dir.
+struct ProfileBaseline {
+    /// Every path in the state dir the agent touched, the dir itself first.
+    state_paths: Vec<String>,
+    /// The calls on those paths, in order (as strace -P counts them).
+    state_calls: Vec<&'static str>,
+    /// How many calls of each kind the agent makes in all.
+    all_calls: BTreeMap<&'static str, usize>,
+}
+
+/// The strace command around a rig's agent command, with the agent's log in
+/// `log`.
+fn strace_around(agent: &Command, options: &[String], log: &Path) -> Command {
+    let mut cmd = Command::new("strace");
+    cmd.env_clear();
+    for (key, value) in agent.get_envs() {
+        if let Some(value) = value {
+            cmd.env(key, value);
+        }
+    }
+    cmd.args(options)
+        .arg(agent.get_program())
+        .args(agent.get_args())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap());
+    cmd
+}
+
+/// A new device of `rig` on the real file system: its root, with /var.
+fn profile_device(rig: &dyn Rig) -> tempfile::TempDir {
+    let (root, var) = rig.new_device();
+    let at = root.path().join("var");
+    std::fs::create_dir(&at).unwrap();
+    var.write_to(&at).unwrap();
+    root
+}
+
+fn rig_command(rig: &dyn Rig, root: &Path, deadline: &str) -> Command {
+    let mut cmd = rig.command(root);
+    cmd.args(["--retry-deadline", deadline]);
+    cmd
+}
+
+/// The syscall of a `strace -f` line (which starts with the thread's id).
+fn kind_of_line(line: &str) -> Option<&'static str> {
+    let call = line.trim_start_matches(|c: char| c.is_ascii_digit() || c == ' ');
+    SYSCALLS
+        .iter()
+        .find(|kind| call.starts_with(&format!("{kind}(")))
+        .copied()
+}
+
+/// Every path a `strace -y` line names: quoted arguments and the paths of
+/// its file descriptors.
+fn paths_in(line: &str) -> Vec<String> {
+    let quoted = line.split('"').skip(1).step_by(2).map(str::to_string);
+    let annotated = line
+        .split('<')
+        .skip(1)
+        .filter_map(|rest| rest.split_once('>').map(|(path, _)| path.to_string()));
+    quoted.chain(annotated).collect()
+}
+
+fn profile_baseline(rig: &dyn Rig) -> ProfileBaseline {
+    let root = profile_device(rig);
+    let state_dir = root.path().join("var").join(rig.state_dir());
+    let state_prefix = state_dir.display().to_string();
+    let trace = root.path().join("baseline.txt");
+    let log = root.path().join("stderr.log");
+    let agent = rig_command(rig, root.path(), "20");
+    let options = vec![
+        "-f".to_string(),
+        "-qq".into(),
+        "-y".into(),
+        "-o".into(),
+        trace.display().to_string(),
+        format!("--trace={}", SYSCALLS.join(",")),
+    ];
+    let status = strace_around(&agent, &options, &log).status().unwrap();
+    let text = std::fs::read_to_string(&trace).unwrap();
+    assert!(
+        status.success(),
+        "{}: a clean run: {}",
+        rig.name(),
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    let var = Node::read_dir(&root.path().join("var")).unwrap();
+    rig.registered(&var)
+        .unwrap_or_else(|why| panic!("{}: a clean run: {why}", rig.name()));
+    let mut state_paths = vec![state_prefix.clone()];
+    let mut all_calls = BTreeMap::new();
+    for line in text.lines() {
+        let Some(kind) = kind_of_line(line) else {
+            continue;
+        };
+        *all_calls.entry(kind).or_insert(0) += 1;
+        for path in paths_in(line) {
+            if path.starts_with(&format!("{state_prefix}/")) && !state_paths.contains(&path) {
+                state_paths.push(path);
+            }
+        }
+    }
+
+    // The same run with strace counting only the state dir's calls, as the
+    // faulted runs will.
+    let root = profile_device(rig);
+    let state_paths: Vec<String> = state_paths
+        .iter()
+        .map(|p| {
+            p.replacen(
+                &state_prefix,
+                &root
+                    .path()
+                    .join("var")
+                    .join(rig.state_dir())
+                    .display()
+                    .to_string(),
+                1,
+            )
+        })
+        .collect();
+    let trace = root.path().join("state.txt");
+    let mut options = vec![
+        "-f".to_string(),
+        "-qq".into(),
+        "-o".into(),
+        trace.display().to_string(),
+        format!("--trace={}", SYSCALLS.join(",")),
+    ];
+    options.extend(state_paths.iter().map(|p| format!("--trace-path={p}")));
+    let agent = rig_command(rig, root.path(), "20");
+    let status = strace_around(&agent, &options, &root.path().join("stderr.log"))
+        .status()
+        .unwrap();
+    assert!(status.success(), "{}: a clean run, traced", rig.name());
+    let state_calls = std::fs::read_to_string(&trace)
+        .unwrap()
+        .lines()
+        .filter_map(kind_of_line)
+        .collect();
+    let relative: Vec<String> = state_paths
+        .iter()
+        .map(|p| {
+            p.strip_prefix(&root.path().display().to_string())
+                .unwrap_or(p)
+                .to_string()
+        })
+        .collect();
+    ProfileBaseline {
+        state_paths: relative,
+        state_calls,
+        all_calls,
+    }
+}
+
+/// The cases of a profile: in the bounded sample, each state-dir call of
+/// the sampled kinds once (the error alternating), and a disk full from
+/// every `full_stride`-th state-dir call on; in the full sweep, every call
+/// of every kind anywhere with both errors, and a disk full from each
+/// state-dir call on.
+fn profile_cases(baseline: &ProfileBaseline, full: bool, full_stride: usize) -> Vec<ProfileCase> {
+    let mut cases = Vec::new();
+    if full {
+        for (&kind, &count) in &baseline.all_calls {
+            for k in 1..=count + 1 {
+                for errno in ERRNOS {
+                    cases.push(ProfileCase {
+                        inject: vec![(kind, k)],
+                        errno,
+                        persistent: false,
+                        state_dir_only: false,
+                    });
+                }
+            }
+        }
+    } else {
+        for &kind in PROFILE_SAMPLED_KINDS {
+            let count = baseline.state_calls.iter().filter(|c| **c == kind).count();
+            for k in 1..=count {
+                cases.push(ProfileCase {
+                    inject: vec![(kind, k)],
+                    errno: ERRNOS[cases.len() % 2],
+                    persistent: false,
+                    state_dir_only: true,
+                });
+            }
+        }
+    }
+    let stride = if full { 1 } else { full_stride };
+    let points: Vec<usize> = (0..baseline.state_calls.len())
+        .filter(|&i| FULL_DISK_KINDS.contains(&baseline.state_calls[i]))
+        .collect();
+    for (n, &i) in points.iter().enumerate() {
+        if n % stride != 0 && n + 1 != points.len() {
+            continue;
+        }
+        let before = &baseline.state_calls[..i];
+        cases.push(ProfileCase {
+            inject: FULL_DISK_KINDS
+                .iter()
+                .map(|&kind| (kind, 1 + before.iter().filter(|c| **c == kind).count()))
+                .collect(),
+            errno: "ENOSPC",
+            persistent: true,
+            state_dir_only: true,
+        });
+    }
+    cases
+}
+
+#[derive(Default)]
+struct ProfileTally {
+    one_shot: usize,
+    persistent: usize,
+    /// The faulted run failed after the service answered.
+    accepted_not_stored: usize,
+    registered: usize,
+    lost_reported: usize,
+    /// Faults on tokio's eventfd (full sweep only), outside the fault model.
+    wakeups: usize,
+    crashes: usize,
+    panics: usize,
+    orphans: usize,
+    stranded: usize,
+    failures: Vec<String>,
+}
+
+/// The faulted run, the rerun once the fault is gone, and the verdict.
+fn run_profile_case(
+    rig: &dyn Rig,
+    baseline: &ProfileBaseline,
+    case: &ProfileCase,
+    tally: &mut ProfileTally,
+) {
+    let root = profile_device(rig);
+    let state_paths: Vec<String> = baseline
+        .state_paths
+        .iter()
+        .map(|p| format!("{}{p}", root.path().display()))
+        .collect();
+    let trace = root.path().join("strace.txt");
+    let log = root.path().join("faulted.log");
+    let from = rig.mark();
+    // Network faults (the full sweep) are retried after a backoff.
+    let deadline = if case.state_dir_only { "4" } else { "20" };
+    let status = strace_around(
+        &rig_command(rig, root.path(), deadline),
+        &case.strace_options(&trace, &state_paths),
+        &log,
+    )
+    .status()
+    .expect("strace runs");
+    let text = std::fs::read_to_string(&trace).unwrap_or_default();
+    let Some(hit) = text.lines().find(|l| l.ends_with("(INJECTED)")) else {
+        return; // fewer calls than the baseline
+    };
+    let target = target_of(hit);
+    let what = format!("{}: {}: {target}", rig.name(), case.describe());
+    match case.persistent {
+        true => tally.persistent += 1,
+        false => tally.one_shot += 1,
+    }
+    let faulted_log = std::fs::read_to_string(&log).unwrap_or_default();
+    let last = |log: &str| log.lines().last().unwrap_or_default().to_string();
+    let wakeup = target.contains("eventfd");
+    match (status.signal(), status.code()) {
+        (Some(signal), _) => {
+            tally.crashes += 1;
+            tally.failures.push(format!(
+                "{what}: killed by signal {signal}: {}",
+                last(&faulted_log)
+            ));
+            return;
+        }
+        (_, Some(101)) if wakeup => tally.wakeups += 1,
+        (_, Some(101)) => {
+            tally.panics += 1;
+            tally
+                .failures
+                .push(format!("{what}: panicked: {}", last(&faulted_log)));
+        }
+        (_, code) => {
+            if wakeup {
+                tally.wakeups += 1;
+            }
+            let answered = rig.activity(&from, &rig.mark()).answered;
+            if code != Some(0) && answered {
+                tally.accepted_not_stored += 1;
+            }
+        }
+    }
+
+    let rerun: Run = rig_command(rig, root.path(), "20").output().unwrap().into();
+    let activity = rig.activity(&from, &rig.mark());
+    let var = Node::read_dir(&root.path().join("var")).unwrap();
+    let both = format!("{faulted_log}{}", rerun.stderr);
+    let verdict = match rerun.code {
+        0 => rig.registered(&var).map(Some),
+        _ => {
+            // A service that answers once, a disk that stayed full from the
+            // answer on: the answer may be truly lost, and then it must be
+            // said plainly.
+            let named = activity.held.iter().any(|id| both.contains(id.as_str()));
+            let lost = rig.answers_once()
+                && case.persistent
+                && activity.answered
+                && named
+                && both.contains("delete")
+                && !both.contains("probably");
+            match lost {
+                true => Ok(None),
+                false => Err(format!(
+                    "the rerun exited {}: {} (faulted run: {})",
+                    rerun.code,
+                    last(&rerun.stderr),
+                    last(&faulted_log)
+                )),
+            }
+        }
+    };
+    match verdict {
+        Ok(Some(id)) if activity.held.iter().all(|held| *held == id) => tally.registered += 1,
+        Ok(Some(id)) => {
+            tally.orphans += 1;
+            tally.failures.push(format!(
+                "{what}: registered as {id}, but the fleet holds {:?} (faulted run: {})",
+                activity.held,
+                last(&faulted_log)
+            ));
+        }
+        Ok(None) => tally.lost_reported += 1,
+        Err(why) => {
+            tally.stranded += 1;
+            tally.failures.push(format!("{what}: {why}"));
+        }
+    }
+}
+
+fn profile_sweep(rig: &dyn Rig, full_stride: usize) {
+    if !strace_available() {
+        return;
+    }
+    let started = Instant::now();
+    let baseline = profile_baseline(rig);
+    let cases = profile_cases(&baseline, full_sweep(), full_stride);
+    let mut tally = ProfileTally::default();
+    for case in &cases {
+        run_profile_case(rig, &baseline, case, &mut tally);
+    }
+    println!(
+        "\n| profile | one-shot faults | disk full from | failed after the answer | registered on the rerun | lost, reported | crashes | panics | orphaned | stranded | eventfd | time |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!(
+        "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0} s |",
+        rig.name(),
+        tally.one_shot,
+        tally.persistent,
+        tally.accepted_not_stored,
+        tally.registered,
+        tally.lost_reported,
+        tally.crashes,
+        tally.panics,
+        tally.orphans,
+        tally.stranded,
+        tally.wakeups,
+        started.elapsed().as_secs_f64()
+    );
+    for failure in &tally.failures {
+        println!("FAILED: {failure}");
+    }
+    assert!(
+        tally.failures.is_empty(),
+        "{}: {} faults went wrong:\n{}",
+        rig.name(),
+        tally.failures.len(),
+        tally.failures.join("\n")
+    );
+    assert!(
+        tally.one_shot > 0 && tally.persistent > 0,
+        "no fault was injected"
+    );
+}
+
+#[test]
+fn faults_in_lmp_with_a_disk_that_stays_full() {
+    profile_sweep(&fleet_support::Lmp::new(false), 2);
+}
+
+#[test]
+#[cfg(feature = "losant")]
+fn faults_in_losant() {
+    profile_sweep(&fleet_support::LosantRig::new(), 1);
+}
+
+#[test]
+#[cfg(feature = "tii")]
+fn faults_in_tii() {
+    if device_api::tii::nats_server_available() {
+        profile_sweep(&fleet_support::Tii::new(), 1);
+    }
+}
+
+#[test]
+#[cfg(feature = "azure-dps")]
+fn faults_in_azure_dps() {
+    profile_sweep(&fleet_support::Azure::new(false), 2);
+}
+
+#[test]
+#[cfg(feature = "azure-dps")]
+fn faults_in_azure_dps_first_boots_after_the_factory_stage() {
+    profile_sweep(&fleet_support::Azure::new(true), 1);
+}
+
+// ---------------------------------------------------------------------------
+// The cases of a disk that fills up while the request is out, for the
+// services that answer once, and of a factory certificate that cannot be
+// read, each on its own.
+
+/// A first boot of a new device of `rig` under strace, the given calls of
+/// the given state-dir files failing (`inject`: `--inject` arguments), then
+/// the services' activity since the boot started.
+#[cfg(any(feature = "losant", feature = "tii", feature = "azure-dps"))]
+fn boot_with_faults(
+    rig: &dyn Rig,
+    root: &Path,
+    files: &[String],
+    inject: &[String],
+    deadline: &str,
+) -> (Run, fleet_support::Activity) {
+    let from = rig.mark();
+    let log = root.join("faulted.log");
+    let mut options: Vec<String> = vec!["-f".into(), "-qq".into(), "-o".into()];
+    options.push(root.join("strace.txt").display().to_string());
+    options.extend(
+        files
+            .iter()
+            .map(|f| format!("--trace-path={}", root.join(f).display())),
+    );
+    options.extend(inject.iter().cloned());
+    let status = strace_around(&rig_command(rig, root, deadline), &options, &log)
+        .status()
+        .expect("strace runs");
+    let run = Run {
+        code: status.code().unwrap_or(-1),
+        stdout: String::new(),
+        stderr: std::fs::read_to_string(&log).unwrap_or_default(),
+    };
+    (run, rig.activity(&from, &rig.mark()))
+}
+
+/// What a clean registration of `rig` writes in its state dir apart from
+/// the journal: the installed files and their temporary files, relative to
+/// the device's root.
+#[cfg(any(feature = "losant", feature = "tii"))]
+fn installed_files(rig: &dyn Rig) -> Vec<String> {
+    let baseline = profile_baseline(rig);
+    let files: Vec<String> = baseline
+        .state_paths
+        .iter()
+        .skip(1) // the state dir itself
+        .filter(|p| !p.contains(fleet_support::JOURNAL))
+        .map(|p| p.trim_start_matches('/').to_string())
+        .collect();
+    assert!(!files.is_empty(), "{}: no installed file", rig.name());
+    files
+}
+
+/// The journal of `rig`'s device, relative to its root.
+#[cfg(any(feature = "losant", feature = "tii"))]
+fn journal_of(rig: &dyn Rig) -> String {
+    format!("var/{}/{}", rig.state_dir(), fleet_support::JOURNAL)
+}
+
+/// The rigs of the services that answer an identity once (of the profiles
+/// this build has).
+#[cfg(any(feature = "losant", feature = "tii"))]
+fn answering_once() -> Vec<Box<dyn Rig>> {
+    let mut rigs: Vec<Box<dyn Rig>> = Vec::new();
+    #[cfg(feature = "losant")]
+    rigs.push(Box::new(fleet_support::LosantRig::new()));
+    #[cfg(feature = "tii")]
+    if device_api::tii::nats_server_available() {
+        rigs.push(Box::new(fleet_support::Tii::new()));
+    }
+    rigs
+}
+
+/// The disk fills up while the request is out: the answer's record still
+/// goes into the room the journal made before the request, but no file can
+/// be written. The run says the next one finishes; the next one, with room
+/// again, installs the recorded answer without asking the service (which
+/// would refuse: it answers once).
+#[test]
+#[cfg(any(feature = "losant", feature = "tii"))]
+fn a_disk_full_from_the_answer_on_keeps_the_answer_of_a_service_that_answers_once() {
+    if !strace_available() {
+        return;
+    }
+    for rig in answering_once() {
+        let rig = rig.as_ref();
+        let files = installed_files(rig);
+        let root = profile_device(rig);
+        let inject = ["--inject=write:error=ENOSPC:when=1+".to_string()];
+        let (run, activity) = boot_with_faults(rig, root.path(), &files, &inject, "4");
+        assert!(activity.answered, "{}: {}", rig.name(), run.stderr);
+        let id = activity.held.iter().next().unwrap().clone();
+        run.assert_code(1)
+            .assert_says("No space left on device")
+            .assert_says(&format!(
+            "accepted device {id}: the next run finishes storing it without registering it again"
+        ));
+
+        let from = rig.mark();
+        let rerun: Run = rig_command(rig, root.path(), "4").output().unwrap().into();
+        rerun.assert_code(0);
+        assert_eq!(
+            rig.activity(&from, &rig.mark()).requests,
+            0,
+            "{}: asked again",
+            rig.name()
+        );
+        let var = Node::read_dir(&root.path().join("var")).unwrap();
+        assert_eq!(rig.registered(&var), Ok(id), "{}", rig.name());
+    }
+}
+
+/// Neither the record nor any file can be written when the answer arrives
+/// (`record_fails` of the journal's writes fail, and the first `files_fail`
+/// writes of the files): the agent keeps trying, in `--boot` until its
+/// deadline.
+#[cfg(any(feature = "losant", feature = "tii"))]
+fn unstorable_answer(
+    rig: &dyn Rig,
+    files_fail: &str,
+    deadline: &str,
+) -> (tempfile::TempDir, Run, fleet_support::Activity) {
+    let mut files = installed_files(rig);
+    files.push(journal_of(rig));
+    let root = profile_device(rig);
+    let inject = [
+        "--inject=pwrite64:error=ENOSPC:when=1+".to_string(),
+        format!("--inject=write:error=ENOSPC:when={files_fail}"),
+    ];
+    let (run, activity) = boot_with_faults(rig, root.path(), &files, &inject, deadline);
+    assert!(activity.answered, "{}: {}", rig.name(), run.stderr);
+    (root, run, activity)
+}
+
+#[test]
+#[cfg(any(feature = "losant", feature = "tii"))]
+fn an_answer_given_once_that_cannot_be_stored_yet_is_stored_once_there_is_room() {
+    if !strace_available() {
+        return;
+    }
+    for rig in answering_once() {
+        let rig = rig.as_ref();
+        // Room comes back after two attempts.
+        let (root, run, activity) = unstorable_answer(rig, "1..2", "60");
+        run.assert_code(0)
+            .assert_says("answers only once: attempt 1 failed")
+            .assert_says("retrying in");
+        let var = Node::read_dir(&root.path().join("var")).unwrap();
+        let id = rig
+            .registered(&var)
+            .unwrap_or_else(|why| panic!("{}: {why}", rig.name()));
+        assert_eq!(activity.held, [id].into(), "{}", rig.name());
+    }
+}
+
+#[test]
+#[cfg(any(feature = "losant", feature = "tii"))]
+fn an_answer_given_once_that_is_never_stored_names_the_lost_device() {
+    if !strace_available() {
+        return;
+    }
+    for rig in answering_once() {
+        let rig = rig.as_ref();
+        let (_root, run, activity) = unstorable_answer(rig, "1+", "3");
+        let id = activity.held.iter().next().unwrap();
+        run.assert_code(1)
+            .assert_says(&format!("device {id} is registered with"))
+            .assert_says(&format!(
+                "its answer could not be stored and is lost: delete device {id} in"
+            ));
+        assert!(
+            !run.stderr.contains("probably"),
+            "{}: {}",
+            rig.name(),
+            run.stderr
+        );
+    }
+}
+
+/// The first boot after the factory stage cannot read the factory's
+/// certificate (an I/O error opening or reading it): that is an error, not
+/// "no certificate"; the factory's identity stays as it is, and no new one
+/// is made or enrolled. The unit's next start registers the factory's.
+#[test]
+#[cfg(feature = "azure-dps")]
+fn an_unreadable_factory_certificate_is_an_error_and_replaces_nothing() {
+    if !strace_available() {
+        return;
+    }
+    let rig = fleet_support::Azure::new(true);
+    let factory_id = rig.factory_id().unwrap();
+    for call in ["openat", "read"] {
+        let root = profile_device(&rig);
+        let dir = root.path().join("var/lib/azure-dps");
+        let before = Node::read_dir(&dir).unwrap();
+        let certificate = "var/lib/azure-dps/device.crt".to_string();
+        let inject = [format!("--inject={call}:error=EIO")];
+        let (run, activity) = boot_with_faults(&rig, root.path(), &[certificate], &inject, "4");
+        run.assert_code(1)
+            .assert_says("device.crt")
+            .assert_says("Input/output error");
+        assert_eq!(
+            Node::read_dir(&dir).unwrap(),
+            before,
+            "{call}: the factory's files changed"
+        );
+        assert_eq!(activity.requests, 0, "{call}: {}", run.stderr);
+        assert!(activity.held.is_empty(), "{call}: {:?}", activity.held);
+
+        let rerun: Run = rig_command(&rig, root.path(), "20")
+            .output()
+            .unwrap()
+            .into();
+        rerun.assert_code(0);
+        let var = Node::read_dir(&root.path().join("var")).unwrap();
+        assert_eq!(rig.registered(&var), Ok(factory_id.clone()));
+    }
 }

@@ -1,7 +1,8 @@
 //! The shape of the code, checked: no function in `src/` is longer than 80
 //! lines (from `fn` to its closing brace, comments included), and a profile
 //! lives in its own folder, named elsewhere only by its registration line in
-//! `src/profiles/mod.rs` (and its cargo feature in `Cargo.toml`).
+//! `src/profiles/mod.rs` (and its cargo feature in `Cargo.toml`), and no
+//! shared code quiets dead code for builds without some profile.
 //!
 //! `scripts/fn-lengths` prints the table of the longest functions.
 
@@ -346,10 +347,26 @@ fn mentions(text: &str, module: &str, feature: &str) -> Vec<String> {
         .collect()
 }
 
-/// Attributes that quiet dead code a build without the profile would have:
-/// listed while they are being replaced, then refused like any other
-/// mention.
-const DEAD_CODE_ATTRIBUTE: &str = "allow(dead_code)";
+/// Quieting dead code is how a shared module used to put up with a build
+/// that lacks the profile using it; a capability feature the profile turns
+/// on (`mutual-tls`, `two-stage`) leaves the code out of such builds instead.
+#[test]
+fn no_dead_code_is_quieted() {
+    let mut files = Vec::new();
+    rust_files(&repo().join("src"), &mut files);
+    let mut quieted = Vec::new();
+    for path in files {
+        let text = std::fs::read_to_string(&path).unwrap();
+        let code: String = code_only(&text).into_iter().collect();
+        for (n, line) in code.lines().enumerate() {
+            if line.contains("dead_code") {
+                let relative = path.strip_prefix(repo()).unwrap().display();
+                quieted.push(format!("{relative}:{}: {}", n + 1, line.trim()));
+            }
+        }
+    }
+    assert!(quieted.is_empty(), "{quieted:#?}");
+}
 
 #[test]
 fn a_profile_is_its_folder_and_one_registration_line() {
@@ -376,11 +393,7 @@ fn a_profile_is_its_folder_and_one_registration_line() {
                     && [",", " in tests,"]
                         .iter()
                         .any(|end| line == format!("{line_of_it}{end}"));
-                if registration {
-                    continue;
-                } else if line.contains(DEAD_CODE_ATTRIBUTE) {
-                    println!("{feature}: {relative}: {line} (being replaced)");
-                } else {
+                if !registration {
                     wrong.push(format!(
                         "{relative} names the {feature} profile outside src/profiles/{module}/ and its registration line: {line}"
                     ));

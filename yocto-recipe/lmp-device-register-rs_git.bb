@@ -86,6 +86,8 @@ PACKAGECONFIG[azure-dps] = "--features azure-dps,,"
 PACKAGECONFIG[software-rsa] = "--features software-rsa,,"
 # The device key signs TLS handshakes; tii and azure-dps turn it on by themselves.
 PACKAGECONFIG[mutual-tls] = "--features mutual-tls,,"
+# A first stage stored before the second; azure-dps turns it on by itself.
+PACKAGECONFIG[two-stage] = "--features two-stage,,"
 
 # Build-time defaults, read with option_env! by the agent. Names of the
 # C++ recipe's variables, so existing factory bbappends keep working.

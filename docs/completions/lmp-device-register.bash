@@ -23,7 +23,7 @@ _lmp__device__register() {
 
     case "${cmd}" in
         lmp__device__register)
-            opts="-T -H -f -t -i -u -v -n -g -p -d -a -A -l -m -P -S -h -V --api-token --api-token-file --api-token-header --factory --tags --hwid --uuid --validate-uuid --name --device-group --production --sota-dir --apps --restorable-apps --start-daemon --use-ostree-server --mlock-all --device-api --oauth-api --cacert --manufacturer-id --hsm-module --hsm-pin --hsm-so-pin --profile --force --root --config --verbose --json --status --boot --retry-deadline --request-timeout --help --version"
+            opts="-T -H -f -t -i -u -v -n -g -p -d -a -A -l -m -P -S -h -V --api-token --api-token-file --api-token-header --factory --tags --hwid --uuid --validate-uuid --name --device-group --production --sota-dir --apps --restorable-apps --start-daemon --use-ostree-server --mlock-all --device-api --oauth-api --cacert --manufacturer-id --hsm-module --hsm-pin --hsm-so-pin --profile --force --root --config --verbose --json --status --check --boot --retry-deadline --request-timeout --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

@@ -31,6 +31,7 @@ complete -c lmp-device-register -l request-timeout -d 'Give up on one HTTP reque
 complete -c lmp-device-register -l verbose -d 'Also log debug lines (or set RUST_LOG=debug; -v is --validate-uuid, as in the C++ tool)'
 complete -c lmp-device-register -l json -d 'Print one JSON object with the result on stdout'
 complete -c lmp-device-register -l status -d 'Show what this device is registered as, for every profile with a state dir, and exit; reads only'
+complete -c lmp-device-register -l check -d 'Check everything a registration would need (settings, clock, file modes, token, state, servers) without registering, and exit; changes nothing'
 complete -c lmp-device-register -l boot -d 'First-boot mode for the systemd unit: an existing registration is success, and network failures are retried until the deadline'
 complete -c lmp-device-register -s h -l help -d 'Print help'
 complete -c lmp-device-register -s V -l version -d 'Print version'

@@ -419,6 +419,16 @@ impl<'a> Resolver<'a> {
         self.warnings.push(warning.into());
     }
 
+    /// The problems found so far, each on its own (`--check` lists them).
+    pub(crate) fn problems(&self) -> &[String] {
+        &self.problems
+    }
+
+    /// The warnings so far.
+    pub(crate) fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+
     /// Records a problem; resolution goes on so that all are reported.
     pub fn problem(&mut self, problem: impl Into<String>) {
         let problem = problem.into();

@@ -219,14 +219,58 @@ pub(crate) const SHARED: Declarations = &[&PROFILE];
 /// nothing, so a command can resolve without registering.
 pub(crate) fn resolve(command_line: &CommandLine, env: &Environment) -> Result<(Common, Profile)> {
     let mut r = Resolver::new(command_line, env, &all_names())?;
-    let chosen = r.get(&PROFILE).unwrap_or(&REGISTERED[0]);
-    r.enter_table(chosen.name, chosen.settings);
-    let profile = (chosen.resolve)(&mut r);
-    let uses_key = profile.as_ref().is_some_and(|p| p.key_spec().is_some());
-    refuse_foreign_flags(&mut r, chosen, uses_key);
+    let (_, profile, uses_key) = resolve_profile(&mut r);
     let common = r.finish(uses_key)?;
     let profile = profile.ok_or_else(|| Error::internal("the profile settings are incomplete"))?;
     Ok((common, profile))
+}
+
+/// The chosen profile and its settings; whether it keeps a key.
+fn resolve_profile(r: &mut Resolver<'_>) -> (&'static Registration, Option<Profile>, bool) {
+    let chosen = r.get(&PROFILE).unwrap_or(&REGISTERED[0]);
+    r.enter_table(chosen.name, chosen.settings);
+    let profile = (chosen.resolve)(r);
+    let uses_key = profile.as_ref().is_some_and(|p| p.key_spec().is_some());
+    refuse_foreign_flags(r, chosen, uses_key);
+    (chosen, profile, uses_key)
+}
+
+/// The settings of a run as `--check` reports them: every problem and
+/// warning as its own line, and the profile when nothing is wrong.
+pub(crate) struct Resolution {
+    pub profile: &'static str,
+    pub problems: Vec<String>,
+    pub warnings: Vec<String>,
+    pub resolved: Option<(Common, Profile)>,
+}
+
+/// Resolves like [`resolve`], keeping the problems apart.
+pub(crate) fn resolve_for_check(
+    command_line: &CommandLine,
+    env: &Environment,
+) -> Result<Resolution> {
+    let mut r = Resolver::new(command_line, env, &all_names())?;
+    let (chosen, profile, uses_key) = resolve_profile(&mut r);
+    if uses_key {
+        // Its problems are found by `finish`; resolved now to be listed.
+        r.hsm();
+    }
+    let (problems, warnings) = (r.problems().to_vec(), r.warnings().to_vec());
+    let resolved = match (r.finish(uses_key), profile) {
+        (Ok(common), Some(profile)) => Some((common, profile)),
+        _ => None,
+    };
+    Ok(Resolution {
+        profile: chosen.name,
+        problems,
+        warnings,
+        resolved,
+    })
+}
+
+/// Whether the declared setting called `name` is a secret.
+pub(crate) fn is_secret_setting(name: &str) -> bool {
+    all_declarations().any(|setting| setting.name() == name && setting.is_secret())
 }
 
 /// The flags of `settings`.
@@ -411,6 +455,16 @@ pub(crate) enum StepOutcome {
     Failed(String),
 }
 
+/// A service a profile talks to, for `--check`.
+pub(crate) struct Endpoint {
+    /// What it is, as the settings name it ("DEVICE_API").
+    pub what: &'static str,
+    pub url: reqwest::Url,
+    /// The CA certificates its TLS is checked with; the system roots when
+    /// `None`.
+    pub cacert: Option<crate::config::CaBundle>,
+}
+
 /// What the flow hands a profile for its network steps.
 pub(crate) struct Enrolment<'a> {
     pub common: &'a Common,
@@ -423,11 +477,10 @@ pub(crate) struct Enrolment<'a> {
     /// The identity is the one an earlier run stored through the
     /// [`Checkpoint`] ([`Backend::stored_identity`]): its files are in the
     /// state dir.
-    // Only the profiles that register in two stages read these two.
-    #[cfg_attr(not(feature = "azure-dps"), allow(dead_code))]
+    #[cfg(feature = "two-stage")]
     pub stored: bool,
     /// Stores the first stage of a registration that has two.
-    #[cfg_attr(not(feature = "azure-dps"), allow(dead_code))]
+    #[cfg(feature = "two-stage")]
     pub checkpoint: &'a dyn Checkpoint,
 }
 
@@ -435,7 +488,7 @@ pub(crate) struct Enrolment<'a> {
 /// outlive a failure of the second (a certificate from the factory, then a
 /// service that may not know the device yet): the flow stores the first
 /// stage's files at once, with the device key.
-#[cfg_attr(not(feature = "azure-dps"), allow(dead_code))]
+#[cfg(feature = "two-stage")]
 pub(crate) trait Checkpoint {
     /// Installs `files` (and a software key) in the state dir now. From then
     /// on they are the device's identity: the flow never discards it, and
@@ -450,9 +503,9 @@ pub(crate) trait Checkpoint {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Answers {
     /// It answers again (DPS assigns the same device again): a lost answer
-    /// costs one more request.
-    // Only azure-dps answers again so far.
-    #[cfg_attr(not(feature = "azure-dps"), allow(dead_code))]
+    /// costs one more request. A two-stage registration counts on it: its
+    /// stored first stage asks the second again until it is answered.
+    #[cfg(feature = "two-stage")]
     Again,
     /// It answers once, or may (Losant's credentials, TII's fleet-manager
     /// result, a factory API that answers 409 for a known device): an answer
@@ -500,6 +553,13 @@ pub(crate) trait Backend {
     async fn enrol(&self, enrolment: Enrolment<'_>) -> Result<Answer>;
     /// Steps after the commit (the key and token are closed by then).
     fn after_commit(&self) -> Vec<(&'static str, StepOutcome)>;
+    /// The services a registration would talk to, for `--check`.
+    fn endpoints(&self) -> Vec<Endpoint>;
+    /// Files holding a secret that no setting's origin names, for
+    /// `--check`'s file modes.
+    fn secret_files(&self) -> Vec<std::path::PathBuf> {
+        Vec::new()
+    }
 }
 
 impl Backend for Profile {
@@ -538,6 +598,12 @@ impl Backend for Profile {
     }
     fn after_commit(&self) -> Vec<(&'static str, StepOutcome)> {
         dispatch!(self, p => p.after_commit())
+    }
+    fn endpoints(&self) -> Vec<Endpoint> {
+        dispatch!(self, p => p.endpoints())
+    }
+    fn secret_files(&self) -> Vec<std::path::PathBuf> {
+        dispatch!(self, p => p.secret_files())
     }
 }
 

@@ -187,6 +187,14 @@ fn write(path: &Path, contents: &str, mode: u32) {
 impl Image {
     /// A fresh copy of the base tree with the agent installed as `layout` says.
     pub fn new(scenario: &str, layout: &Layout) -> Image {
+        let image = Image::bare(scenario);
+        image.install(layout);
+        image
+    }
+
+    /// A fresh copy of the base tree with nothing added, for installing the
+    /// agent another way (tests/deb_package.rs: its Debian package).
+    pub fn bare(scenario: &str) -> Image {
         let base = base_tree();
         let name = format!("{PREFIX}-{}-{scenario}", std::process::id());
         let dir = runs_dir().join(&name);
@@ -219,7 +227,6 @@ impl Image {
                 image.root.to_str().unwrap(),
             ],
         );
-        image.install(layout);
         image
     }
 

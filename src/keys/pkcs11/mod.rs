@@ -4,10 +4,12 @@
 //! it, and signing with the key for CSRs and for TLS handshakes.
 
 mod der;
+mod probe;
 #[cfg(feature = "mutual-tls")]
 mod signer;
 mod token;
 
+pub use probe::TokenSlot;
 #[cfg(feature = "mutual-tls")]
 pub use signer::TlsSigner;
 pub use token::{Token, TokenKey};
@@ -82,6 +84,24 @@ fn auth_pin(pin: &Secret) -> AuthPin {
     AuthPin::from(pin.expose().to_string())
 }
 
+/// Logs in as the user, once: a second attempt with the same wrong PIN
+/// only brings the token closer to locking itself.
+fn login_user(session: &cryptoki::session::Session, pin: &Secret, label: &str) -> Result<()> {
+    match session.login(UserType::User, Some(&auth_pin(pin))) {
+        Ok(()) => Ok(()),
+        Err(e) if rv_of(&e) == Some(RvError::UserAlreadyLoggedIn) => Ok(()),
+        Err(e) if rv_of(&e) == Some(RvError::PinIncorrect) => Err(Error::new(
+            ErrorKind::Hsm,
+            format!("the HSM user PIN is wrong: token {label} refused it (not retrying, so as not to lock the token)"),
+        )),
+        Err(e) if rv_of(&e) == Some(RvError::PinLocked) => Err(Error::new(
+            ErrorKind::Hsm,
+            format!("the HSM user PIN of token {label} is locked after too many wrong attempts"),
+        )),
+        Err(e) => Err(hsm_error(format!("cannot log in to token {label}"), e)),
+    }
+}
+
 /// A loaded and initialised PKCS#11 module; nothing on any token has been
 /// touched yet.
 pub struct Module {
@@ -143,25 +163,7 @@ impl Module {
             .ctx
             .open_rw_session(slot)
             .map_err(|e| hsm_error(format!("cannot open a session on token {label}"), e))?;
-        // A second attempt with the same wrong PIN only brings the token
-        // closer to locking itself.
-        match session.login(UserType::User, Some(&auth_pin(&self.settings.pin))) {
-            Ok(()) => {}
-            Err(e) if rv_of(&e) == Some(RvError::UserAlreadyLoggedIn) => {}
-            Err(e) if rv_of(&e) == Some(RvError::PinIncorrect) => {
-                return Err(Error::new(
-                    ErrorKind::Hsm,
-                    format!("the HSM user PIN is wrong: token {label} refused it (not retrying, so as not to lock the token)"),
-                ))
-            }
-            Err(e) if rv_of(&e) == Some(RvError::PinLocked) => {
-                return Err(Error::new(
-                    ErrorKind::Hsm,
-                    format!("the HSM user PIN of token {label} is locked after too many wrong attempts"),
-                ))
-            }
-            Err(e) => return Err(hsm_error(format!("cannot log in to token {label}"), e)),
-        }
+        login_user(&session, &self.settings.pin, label)?;
         tracing::info!("logged in to PKCS#11 token {label} (slot {})", slot.id());
         if let Some(warning) = self.derive_warning(slot, &layout) {
             tracing::warn!("{warning}; registering anyway");

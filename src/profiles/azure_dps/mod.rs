@@ -420,4 +420,15 @@ impl Backend for AzureDps {
     fn after_commit(&self) -> Vec<(&'static str, StepOutcome)> {
         Vec::new()
     }
+
+    fn endpoints(&self) -> Vec<super::Endpoint> {
+        let s = &self.settings;
+        let endpoint = |what, url: &reqwest::Url| super::Endpoint {
+            what,
+            url: url.clone(),
+            cacert: s.cacert.clone(),
+        };
+        let factory = s.enrol_url.iter().map(|url| endpoint("enrol_url", url));
+        factory.chain([endpoint("DPS endpoint", &s.endpoint)]).collect()
+    }
 }

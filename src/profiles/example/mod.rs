@@ -176,6 +176,14 @@ impl Backend for Example {
     fn after_commit(&self) -> Vec<(&'static str, StepOutcome)> {
         Vec::new()
     }
+
+    fn endpoints(&self) -> Vec<super::Endpoint> {
+        vec![super::Endpoint {
+            what: "example URL",
+            url: self.url.clone(),
+            cacert: self.cacert.clone(),
+        }]
+    }
 }
 
 /// POSTs the name; on 200, the answer's body.

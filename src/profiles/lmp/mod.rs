@@ -360,4 +360,19 @@ impl Backend for Lmp {
         };
         vec![("fioconfig", fioconfig), ("aktualizr_lite", aktualizr_lite)]
     }
+
+    fn endpoints(&self) -> Vec<super::Endpoint> {
+        let s = &self.settings;
+        let endpoint = |what, url: &reqwest::Url| super::Endpoint {
+            what,
+            url: url.clone(),
+            cacert: s.cacert.clone(),
+        };
+        let mut endpoints = vec![endpoint("DEVICE_API", &s.device_api)];
+        // Without a token, the OAuth device flow asks there first.
+        if s.token.is_none() {
+            endpoints.push(endpoint("OAUTH_BASE", &s.oauth_base));
+        }
+        endpoints
+    }
 }

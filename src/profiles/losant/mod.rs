@@ -197,4 +197,20 @@ impl Backend for Losant {
     fn after_commit(&self) -> Vec<(&'static str, StepOutcome)> {
         Vec::new()
     }
+
+    fn endpoints(&self) -> Vec<super::Endpoint> {
+        let s = &self.settings;
+        s.url
+            .iter()
+            .map(|url| super::Endpoint {
+                what: "Losant registration URL",
+                url: url.clone(),
+                cacert: s.cacert.clone(),
+            })
+            .collect()
+    }
+
+    fn secret_files(&self) -> Vec<std::path::PathBuf> {
+        vec![self.settings.token_file.clone()]
+    }
 }

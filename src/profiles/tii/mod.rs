@@ -365,4 +365,24 @@ impl Backend for Tii {
     fn after_commit(&self) -> Vec<(&'static str, StepOutcome)> {
         Vec::new()
     }
+
+    fn endpoints(&self) -> Vec<super::Endpoint> {
+        let s = &self.settings;
+        let provisioning = super::Endpoint {
+            what: "provisioning_url",
+            url: provision::endpoint(&s.provisioning_url),
+            cacert: s.cacert.clone(),
+        };
+        // The fleet manager's TLS is vouched for by the provisioning
+        // answer's CA, which only a registration gets: reached, not
+        // shaken hands with (a nats:// URL).
+        let nats = s.nats_url.as_ref().and_then(|nats| {
+            Some(super::Endpoint {
+                what: "nats_url",
+                url: reqwest::Url::parse(&nats.to_string()).ok()?,
+                cacert: None,
+            })
+        });
+        [provisioning].into_iter().chain(nats).collect()
+    }
 }

@@ -16,7 +16,8 @@
 //! - 401 `{"errorCode":401002,"message":"Unauthorized"}` without an enrollment;
 //! - `PUT …/{idScope}/registrations/{id}/register` → 202
 //!   `{"operationId","status":"assigning"}` (with `Retry-After` when
-//!   [`DpsOptions::retry_after`] is set);
+//!   [`DpsOptions::retry_after`] is set), or the decision at once with
+//!   [`DpsOptions::decide_on_register`];
 //! - `GET …/registrations/{id}/operations/{operationId}` → 404 for an
 //!   unknown operation; 202 `assigning` for the first
 //!   [`DpsOptions::polls_before_assigned`] polls; then 200 with the decision,
@@ -76,6 +77,10 @@ pub struct DpsOptions {
     pub enable_at_factory: bool,
     /// The OU of the certificates the factory issues.
     pub factory: String,
+    /// Decide at the `PUT` already (200 with the decision, as if its first
+    /// poll had come at once), so that a test about something other than
+    /// polling does not wait for one.
+    pub decide_on_register: bool,
 }
 
 impl Default for DpsOptions {
@@ -88,6 +93,7 @@ impl Default for DpsOptions {
             enroll_at_factory: true,
             enable_at_factory: false,
             factory: "demo-factory".into(),
+            decide_on_register: false,
         }
     }
 }
@@ -535,13 +541,43 @@ fn dps(
             },
         );
         drop(state);
-        return operation_answer(
-            202,
-            json!({ "operationId": operation_id, "status": "assigning" }),
-            retry_after.as_deref(),
+        if !options.decide_on_register {
+            return operation_answer(
+                202,
+                json!({ "operationId": operation_id, "status": "assigning" }),
+                retry_after.as_deref(),
+            );
+        }
+        return decide(
+            shared,
+            &operation_id,
+            registration_id,
+            None,
+            &enrollment,
+            spki,
         );
     };
 
+    decide(
+        shared,
+        operation_id,
+        registration_id,
+        scripted,
+        &enrollment,
+        spki,
+    )
+}
+
+/// The answer to a poll of `operation_id` (or a `PUT` that decides at once).
+fn decide(
+    shared: &Shared,
+    operation_id: &str,
+    registration_id: &str,
+    scripted: Option<DpsReply>,
+    enrollment: &Enrollment,
+    spki: &[u8],
+) -> (Answer, String) {
+    let options = &shared.options;
     let mut state = shared.state();
     let Some(op) = state
         .operations
@@ -616,7 +652,7 @@ fn dps(
             registration_id: registration_id.to_string(),
             assigned_hub: options.assigned_hub.clone(),
             payload,
-            spki_der: spki.clone(),
+            spki_der: spki.to_vec(),
         });
     }
     operation_answer(200, decided, None)

@@ -199,3 +199,30 @@ fn dps_requires_a_device_certificate_for_the_registration_id() {
     assert_eq!(answer.header("retry-after"), Some("3"));
     assert_eq!(dps.assignments().len(), 1);
 }
+
+#[test]
+fn dps_can_decide_at_the_put() {
+    let dps = AzureDps::start(DpsOptions {
+        polls_before_assigned: 0,
+        enable_at_factory: true,
+        decide_on_register: true,
+        ..DpsOptions::default()
+    });
+    let key = KeyPair::generate().unwrap();
+    let chain = enrol(&dps, "dev-1", &csr("dev-1", &key)).json()["certificate"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let answer = put(&dps, "dev-1", (&chain, &key)).unwrap();
+    assert_eq!(answer.status, 200);
+    let decided = answer.json();
+    assert_eq!(decided["status"], "assigned");
+    assert_eq!(decided["registrationState"]["deviceId"], "dev-1");
+    // The operation stays known, as after a poll that decided.
+    let operation = decided["operationId"].as_str().unwrap().to_string();
+    assert_eq!(
+        poll(&dps, "dev-1", &operation, (&chain, &key)).json(),
+        decided
+    );
+    assert_eq!(dps.assignments().len(), 1);
+}

@@ -70,7 +70,7 @@ pub(crate) async fn serve(
                 registration.problems.push(problem);
             }
         }
-        let reply = fleet.next_fleet_reply();
+        let reply = fleet.next_fleet_reply(registration.id.as_deref());
         let answer = if registration.problems.is_empty() {
             match &reply {
                 FleetReply::Success { payload, alias } => Some(

@@ -69,6 +69,10 @@ pub struct TiiOptions {
     /// Serve the provisioning API over HTTPS, with a certificate for
     /// 127.0.0.1 issued by the fleet's root ([`TiiFleet::root_ca_pem`]).
     pub provisioning_tls: bool,
+    /// Answer a registration of an id that was registered successfully
+    /// before with "device already registered", as TII's fleet manager
+    /// does: its result (and the payload in it) is sent once.
+    pub answer_once: bool,
 }
 
 impl Default for TiiOptions {
@@ -78,6 +82,7 @@ impl Default for TiiOptions {
             cn_suffix: CN_SUFFIX.into(),
             start_nats: true,
             provisioning_tls: false,
+            answer_once: false,
         }
     }
 }
@@ -185,6 +190,7 @@ struct NatsState {
 pub(crate) struct Fleet {
     pki: pki::FleetPki,
     cn_template: (String, String),
+    answer_once: bool,
     nats_port: u16,
     monitor_port: u16,
     nats: Mutex<NatsState>,
@@ -207,8 +213,20 @@ impl Fleet {
             .unwrap_or(ProvisionReply::Sign)
     }
 
-    fn next_fleet_reply(&self) -> FleetReply {
-        self.state()
+    /// The scripted reply to a registration of `id`; with
+    /// [`TiiOptions::answer_once`], "already registered" for an id that
+    /// succeeded before.
+    fn next_fleet_reply(&self, id: Option<&str>) -> FleetReply {
+        let mut state = self.state();
+        let registered = state.registrations.iter().any(|r| {
+            r.id.as_deref() == id
+                && r.problems.is_empty()
+                && matches!(r.reply, FleetReply::Success { .. })
+        });
+        if self.answer_once && registered {
+            return FleetReply::AlreadyRegistered;
+        }
+        state
             .fleet_replies
             .pop_front()
             .unwrap_or_else(FleetReply::success)
@@ -269,6 +287,7 @@ impl TiiFleet {
         let fleet = Arc::new(Fleet {
             pki,
             cn_template: (options.cn_prefix, options.cn_suffix),
+            answer_once: options.answer_once,
             nats_port,
             monitor_port,
             nats: Mutex::new(NatsState {

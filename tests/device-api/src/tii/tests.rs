@@ -312,3 +312,58 @@ fn the_provisioning_double_refuses_what_breaks_the_contract() {
     assert_eq!(answer["caCertificate"], fleet.root_ca_pem());
     assert_eq!(fleet.issued()[0].id, "0123abcd");
 }
+
+#[test]
+fn a_fleet_manager_that_answers_once_refuses_a_second_registration() {
+    if !super::nats_server_available() {
+        return;
+    }
+    let fleet = TiiFleet::start(TiiOptions {
+        answer_once: true,
+        ..TiiOptions::default()
+    });
+    let device = provisioned_device(&fleet, "0ce");
+    let chain = device.answer["certificate"].as_str().unwrap().to_string();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let statuses: Vec<Value> = runtime.block_on(async {
+        let (client, _errors) = connect(&fleet, tls_config(&fleet, Some((&device.key, &chain))))
+            .await
+            .unwrap();
+        let mut results = client
+            .subscribe(format!("device_results.{}.register", device.id))
+            .await
+            .unwrap();
+        client.flush().await.unwrap();
+        let mut statuses = Vec::new();
+        for _ in 0..2 {
+            let (headers, body) = registration(&fleet, &device);
+            client
+                .publish_with_headers(
+                    format!("device_actions.{}.register", device.id),
+                    headers,
+                    body.into(),
+                )
+                .await
+                .unwrap();
+            let result = tokio::time::timeout(Duration::from_secs(5), results.next())
+                .await
+                .expect("a result")
+                .unwrap();
+            statuses.push(serde_json::from_slice(&result.payload).unwrap());
+        }
+        statuses
+    });
+    assert_eq!(statuses[0]["status"], "success", "{statuses:?}");
+    assert_eq!(
+        statuses[1],
+        json!({"status": "failure", "error": "device already registered"})
+    );
+    let replies: Vec<FleetReply> = fleet.registrations().into_iter().map(|r| r.reply).collect();
+    assert_eq!(
+        replies,
+        [FleetReply::success(), FleetReply::AlreadyRegistered]
+    );
+}
