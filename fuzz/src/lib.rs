@@ -264,7 +264,9 @@ pub fn tii_nats(data: &[u8]) {
         }
         Err(error) => {
             let shown = format!("{error}");
-            let words: Option<Value> = serde_json::from_slice(&data).ok();
+            // Lossy: the agent skips invalid UTF-8 in members it ignores,
+            // which a strict parse of the whole result would refuse.
+            let words: Option<Value> = serde_json::from_str(&String::from_utf8_lossy(&data)).ok();
             let said = |field: &str| {
                 words
                     .as_ref()

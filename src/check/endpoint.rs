@@ -73,11 +73,11 @@ pub(super) fn check(endpoint: &Endpoint, timeout: Duration, now: SystemTime) -> 
         }
     };
     let shown: Vec<String> = addresses.iter().map(|a| a.ip().to_string()).collect();
-    lines.push(Line::pass(
-        AREA,
-        format!("{what} dns"),
-        format!("{host} is {}", shown.join(", ")),
-    ));
+    let resolved = match host.parse::<std::net::IpAddr>() {
+        Ok(_) => format!("{host} is an address: nothing to resolve"),
+        Err(_) => format!("{host} is {}", shown.join(", ")),
+    };
+    lines.push(Line::pass(AREA, format!("{what} dns"), resolved));
     let (stream, took) = match connect(&addresses, connect_timeout) {
         Ok(connected) => connected,
         Err(e) => {

@@ -185,9 +185,12 @@ fn text(profile: &str, lines: &[Line]) -> String {
         }
     }
     let report = report(profile, lines);
+    let warnings = report["warnings"].as_u64().unwrap_or_default();
     out.push_str(&format!(
-        "{} passed, {} warnings, {} failed\n",
-        report["passed"], report["warnings"], report["failed"]
+        "{} passed, {warnings} warning{}, {} failed\n",
+        report["passed"],
+        if warnings == 1 { "" } else { "s" },
+        report["failed"]
     ));
     out
 }
