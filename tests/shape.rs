@@ -10,12 +10,6 @@ use std::path::{Path, PathBuf};
 
 const LIMIT: usize = 80;
 
-/// The functions over the limit that are being split up, each of which
-/// must shrink: the check fails for any other function over the limit, and
-/// for a listed one that is no longer over it (delete its entry then), so
-/// that the list only ever gets shorter.
-const BEING_SHORTENED: &[(&str, &str)] = &[];
-
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -244,40 +238,25 @@ fn no_function_is_longer_than_80_lines() {
     for f in all.iter().take(top) {
         println!("{:5}  {}:{} {}", f.lines, f.file, f.line, f.name);
     }
-    let wrong = over_the_limit(&all, BEING_SHORTENED);
+    let wrong = over_the_limit(&all);
     assert!(wrong.is_empty(), "{wrong:#?}");
 }
 
-/// What is wrong with the functions of `all`: each one over the limit that
-/// `shortening` does not list, and each listed one that is not over it (a
-/// function split up or renamed, whose entry is stale).
-fn over_the_limit(all: &[Function], shortening: &[(&str, &str)]) -> Vec<String> {
-    let listed = |f: &Function| shortening.contains(&(f.file.as_str(), f.name.as_str()));
-    let mut wrong: Vec<String> = all
-        .iter()
-        .filter(|f| f.lines > LIMIT && !listed(f))
+/// Each function of `all` over the limit, with where it is.
+fn over_the_limit(all: &[Function]) -> Vec<String> {
+    all.iter()
+        .filter(|f| f.lines > LIMIT)
         .map(|f| {
             format!(
                 "{}:{} {} is {} lines, over {LIMIT}",
                 f.file, f.line, f.name, f.lines
             )
         })
-        .collect();
-    for (file, name) in shortening {
-        let long = all
-            .iter()
-            .any(|f| f.file == *file && f.name == *name && f.lines > LIMIT);
-        if !long {
-            wrong.push(format!(
-                "{file} {name} is no longer over {LIMIT} lines: delete it from BEING_SHORTENED in tests/shape.rs"
-            ));
-        }
-    }
-    wrong
+        .collect()
 }
 
 #[test]
-fn the_list_of_long_functions_only_shrinks() {
+fn a_function_of_81_lines_is_over_the_limit() {
     let function = |name: &str, lines| Function {
         file: "src/x.rs".into(),
         name: name.into(),
@@ -286,19 +265,9 @@ fn the_list_of_long_functions_only_shrinks() {
     };
     let all = [function("long", 81), function("short", 80)];
     assert_eq!(
-        over_the_limit(&all, &[]),
+        over_the_limit(&all),
         ["src/x.rs:1 long is 81 lines, over 80"]
     );
-    assert!(over_the_limit(&all, &[("src/x.rs", "long")]).is_empty());
-    for stale in ["short", "gone"] {
-        let wrong = over_the_limit(&all, &[("src/x.rs", "long"), ("src/x.rs", stale)]);
-        assert_eq!(
-            wrong,
-            [format!(
-                "src/x.rs {stale} is no longer over 80 lines: delete it from BEING_SHORTENED in tests/shape.rs"
-            )]
-        );
-    }
 }
 
 #[test]
