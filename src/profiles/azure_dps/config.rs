@@ -1,7 +1,9 @@
 //! The azure-dps profile's settings: the `[azure-dps]` table of the config
 //! file (and `--cacert`), checked and completed with the defaults.
 
-use crate::config::{ca_bundle, parse_url, CaBundle, Declarations, Resolver, Setting, Source, CACERT};
+use crate::config::{
+    ca_bundle, parse_url, CaBundle, Declarations, Resolver, Setting, Source, CACERT,
+};
 use std::path::PathBuf;
 use Source::{Default, Key, UnderRoot};
 

@@ -41,8 +41,7 @@ pub fn dps_factory_answer(
     now: ASN1Time,
 ) -> Result<DpsCertificate, Error> {
     let ca = factory_ca(factory_ca_pem);
-    super::factory::validate(body, public_key, id, ca.as_ref(), now)
-        .map(dps_certificate)
+    super::factory::validate(body, public_key, id, ca.as_ref(), now).map(dps_certificate)
 }
 
 /// `device.crt` as a later run checks it before registering with DPS.
@@ -54,6 +53,5 @@ pub fn dps_stored_certificate(
     now: ASN1Time,
 ) -> Result<DpsCertificate, String> {
     let ca = factory_ca(factory_ca_pem);
-    super::factory::check_chain(pem, public_key, id, ca.as_ref(), now)
-        .map(dps_certificate)
+    super::factory::check_chain(pem, public_key, id, ca.as_ref(), now).map(dps_certificate)
 }

@@ -16,7 +16,10 @@ pub(crate) mod factory;
 pub mod fuzzing;
 mod status;
 
-use super::{report_fields, StateLocation, Answer, Answers, Backend, Enrolment, FromSettings, StepOutcome, StoredFile};
+use super::{
+    report_fields, Answer, Answers, Backend, Enrolment, FromSettings, StateLocation, StepOutcome,
+    StoredFile,
+};
 use crate::config::{Common, Declarations, Resolver};
 use crate::csr::{build_csr_pem, CsrSubject};
 use crate::error::{Error, ErrorKind, Result};
@@ -429,6 +432,8 @@ impl Backend for AzureDps {
             cacert: s.cacert.clone(),
         };
         let factory = s.enrol_url.iter().map(|url| endpoint("enrol_url", url));
-        factory.chain([endpoint("DPS endpoint", &s.endpoint)]).collect()
+        factory
+            .chain([endpoint("DPS endpoint", &s.endpoint)])
+            .collect()
     }
 }

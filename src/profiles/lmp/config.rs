@@ -3,8 +3,8 @@
 //! defaults, in that order.
 
 use crate::config::{
-    ca_bundle, flag, long, parse_url, CaBundle, Declarations, Found, Kind, Raw,
-    Reported, Resolver, Setting, Source, CACERT_FLAG,
+    ca_bundle, flag, long, parse_url, CaBundle, Declarations, Found, Kind, Raw, Reported, Resolver,
+    Setting, Source, CACERT_FLAG,
 };
 use crate::secret::Secret;
 use std::path::{Path, PathBuf};
@@ -394,7 +394,9 @@ fn list_dir_names(dir: &Path) -> Result<Option<Vec<String>>, String> {
 fn header_name(header: String, what: &str) -> Result<String, String> {
     match reqwest::header::HeaderName::from_bytes(header.as_bytes()) {
         Ok(_) => Ok(header),
-        Err(_) => Err(format!("{what}: {header:?} is not a valid HTTP header name")),
+        Err(_) => Err(format!(
+            "{what}: {header:?} is not a valid HTTP header name"
+        )),
     }
 }
 
@@ -402,7 +404,9 @@ fn header_name(header: String, what: &str) -> Result<String, String> {
 fn factory_name(factory: String, what: &str) -> Result<String, String> {
     match factory.trim() {
         "" => Err(format!("missing factory: {what} is empty")),
-        "lmp" => Err(format!("missing factory: {what} says \"lmp\", which is not a factory")),
+        "lmp" => Err(format!(
+            "missing factory: {what} says \"lmp\", which is not a factory"
+        )),
         name => Ok(name.to_string()),
     }
 }
@@ -456,7 +460,10 @@ fn hostname(r: &mut Resolver<'_>) -> Result<Option<Found<Raw>>, Reported> {
     let path = r.path(paths::HOSTNAME);
     match r.read_optional(&path)? {
         Some(text) => match crate::config::parse_single_line(&text, "the hostname file") {
-            Ok(host) => Ok(Some(Found::device(Raw::text(host), path.display().to_string()))),
+            Ok(host) => Ok(Some(Found::device(
+                Raw::text(host),
+                path.display().to_string(),
+            ))),
             Err(e) => {
                 r.problem(format!("{}: {e}", path.display()));
                 Err(Reported)
@@ -491,7 +498,10 @@ fn preloaded_apps_in(
     match list_dir_names(&dir) {
         Ok(names) => Ok(names.map(|names| {
             let names = names.into_iter().map(toml::Value::String).collect();
-            Found::device(Raw::Toml(toml::Value::Array(names)), dir.display().to_string())
+            Found::device(
+                Raw::Toml(toml::Value::Array(names)),
+                dir.display().to_string(),
+            )
         })),
         Err(e) => {
             r.problem(e);
@@ -548,7 +558,9 @@ fn check_uuid_form(r: &mut Resolver<'_>, uuid: Option<&str>) {
 }
 
 fn check_pin(r: &mut Resolver<'_>) {
-    if r.hsm().is_some_and(|hsm| !pin_is_readable_by_aktualizr(hsm.pin.expose())) {
+    if r.hsm()
+        .is_some_and(|hsm| !pin_is_readable_by_aktualizr(hsm.pin.expose()))
+    {
         r.problem(
             "the HSM user PIN may only hold printable ASCII without spaces, quotes (\" ') or backslashes: aktualizr-lite reads sota.toml with a parser that would change such a PIN",
         );
@@ -651,7 +663,9 @@ mod tests {
     /// Apps and restorable apps as the resolver has them.
     fn resolved(args: &[&str], env: &[(&str, &str)]) -> Apps {
         let root = preloaded_root();
-        with_resolver(root.path(), args, env, |r| (r.get(&APPS), r.get(&RESTORABLE_APPS)))
+        with_resolver(root.path(), args, env, |r| {
+            (r.get(&APPS), r.get(&RESTORABLE_APPS))
+        })
     }
 
     /// Apps and restorable apps from the image, with or without compose apps.

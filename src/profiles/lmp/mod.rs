@@ -11,7 +11,10 @@ pub mod oauth;
 pub(crate) mod p11;
 mod status;
 
-use super::{report_fields, StateLocation, Answer, Answers, Backend, Enrolment, FromSettings, StepOutcome, StoredFile};
+use super::{
+    report_fields, Answer, Answers, Backend, Enrolment, FromSettings, StateLocation, StepOutcome,
+    StoredFile,
+};
 use crate::config::{Common, Declarations, Resolver};
 use crate::csr::{build_csr_pem, CsrSubject};
 use crate::error::{Error, ErrorKind, Result};

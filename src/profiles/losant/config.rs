@@ -4,8 +4,8 @@
 
 use super::{jwt, mac};
 use crate::config::{
-    long, parse_url, CaBundle, Declarations, Found, Kind, Raw, Reported, Resolver, Setting,
-    Source, CACERT,
+    long, parse_url, CaBundle, Declarations, Found, Kind, Raw, Reported, Resolver, Setting, Source,
+    CACERT,
 };
 use crate::secret::Secret;
 use std::path::{Component, Path, PathBuf};
@@ -224,7 +224,11 @@ fn registration_token(r: &mut Resolver<'_>, path: &Path, registered: bool) -> Op
 }
 
 /// The registration URL: the config file, else the token's `url` claim.
-fn url(r: &mut Resolver<'_>, claims: Option<&jwt::Claims>, token_file: &Path) -> Option<reqwest::Url> {
+fn url(
+    r: &mut Resolver<'_>,
+    claims: Option<&jwt::Claims>,
+    token_file: &Path,
+) -> Option<reqwest::Url> {
     let claimed = claims.and_then(|c| c.url.clone());
     let from_claim = claimed.clone().map(|url| {
         let from = format!("the url claim of the token in {}", token_file.display());
@@ -241,7 +245,10 @@ fn url(r: &mut Resolver<'_>, claims: Option<&jwt::Claims>, token_file: &Path) ->
         return None;
     };
     if let Some(claimed) = claimed.filter(|c| found.kind == Kind::ConfigFile && *c != found.value) {
-        let note = format!("{} (instead of the token's url claim {claimed})", found.from);
+        let note = format!(
+            "{} (instead of the token's url claim {claimed})",
+            found.from
+        );
         r.amend_origin(URL.name, &found.from, note);
     }
     let url = registration_url(&found.from, &found.value, allow_http)
@@ -267,14 +274,23 @@ pub fn resolve(r: &mut Resolver<'_>) -> Option<LosantSettings> {
     let token = token_file
         .as_ref()
         .and_then(|path| registration_token(r, path, registered));
-    let claims = token.as_ref().zip(token_file.as_ref()).and_then(|(token, path)| {
-        jwt::unverified_claims(token.expose())
-            .map_err(|e| r.problem(format!("{}: {e}", path.display())))
-            .ok()
-    });
-    let url = url(r, claims.as_ref(), token_file.as_deref().unwrap_or(Path::new("")));
+    let claims = token
+        .as_ref()
+        .zip(token_file.as_ref())
+        .and_then(|(token, path)| {
+            jwt::unverified_claims(token.expose())
+                .map_err(|e| r.problem(format!("{}: {e}", path.display())))
+                .ok()
+        });
+    let url = url(
+        r,
+        claims.as_ref(),
+        token_file.as_deref().unwrap_or(Path::new("")),
+    );
     let manufacturer_id = r.found(&MANUFACTURER_ID);
-    let configured = manufacturer_id.as_ref().is_some_and(|id| id.kind != Kind::Device);
+    let configured = manufacturer_id
+        .as_ref()
+        .is_some_and(|id| id.kind != Kind::Device);
     if configured && r.key_is_set("interface") {
         let what = r.file_key("interface");
         r.warn(format!("{what} is not used: the manufacturer id is given"));
@@ -343,7 +359,12 @@ mod tests {
     #[test]
     fn the_example_config_is_valid_with_every_documented_key() {
         let table = read_table(EXAMPLE);
-        let text = |table: &toml::Table, key| table.get(key).and_then(toml::Value::as_str).map(str::to_string);
+        let text = |table: &toml::Table, key| {
+            table
+                .get(key)
+                .and_then(toml::Value::as_str)
+                .map(str::to_string)
+        };
         assert_eq!(
             text(&table, "url").as_deref(),
             Some("https://my-application.onlosant.com/api/register-device")
@@ -367,7 +388,10 @@ mod tests {
             .map(|line| format!("{line}\n"))
             .collect();
         let table = read_table(&uncommented);
-        assert_eq!(table.get("allow_http").and_then(toml::Value::as_bool), Some(false));
+        assert_eq!(
+            table.get("allow_http").and_then(toml::Value::as_bool),
+            Some(false)
+        );
         for (key, value) in [
             ("token_file", "/etc/losant/registration-token"),
             ("manufacturer_id", "SN-000123"),
@@ -419,7 +443,10 @@ mod tests {
 
     #[test]
     fn manufacturer_ids_are_printable_and_bounded() {
-        assert_eq!(check_manufacturer_id(" sn-0042 ".into(), "f").unwrap(), "sn-0042");
+        assert_eq!(
+            check_manufacturer_id(" sn-0042 ".into(), "f").unwrap(),
+            "sn-0042"
+        );
         assert!(check_manufacturer_id("  ".into(), "f")
             .unwrap_err()
             .contains("empty"));

@@ -14,7 +14,10 @@ pub(crate) mod jwt;
 pub(crate) mod mac;
 mod status;
 
-use super::{report_fields, StateLocation, Answer, Answers, Backend, Enrolment, FromSettings, StepOutcome, StoredFile};
+use super::{
+    report_fields, Answer, Answers, Backend, Enrolment, FromSettings, StateLocation, StepOutcome,
+    StoredFile,
+};
 use crate::config::{Common, Declarations, Resolver};
 use crate::error::{Error, ErrorKind, Result};
 use crate::http::{self, HttpError};
@@ -70,7 +73,8 @@ impl Losant {
 }
 
 impl FromSettings for Losant {
-    const ABOUT: &'static str = "Losant dynamic registration: a registration JWT and a manufacturer id";
+    const ABOUT: &'static str =
+        "Losant dynamic registration: a registration JWT and a manufacturer id";
     const SETTINGS: Declarations = config::SETTINGS;
 
     fn registration(location: &StateLocation) -> crate::status::Registration {

@@ -339,7 +339,10 @@ fn cn_template(template: String, what: &str) -> Result<CnTemplate, String> {
 fn key_algorithm(name: String, what: &str) -> Result<KeyAlgorithm, String> {
     key_type(&name).ok_or_else(|| {
         let known: Vec<&str> = KEY_TYPES.iter().map(|(known, _)| *known).collect();
-        format!("{what}: unknown key type {name:?} (known: {})", known.join(", "))
+        format!(
+            "{what}: unknown key type {name:?} (known: {})",
+            known.join(", ")
+        )
     })
 }
 

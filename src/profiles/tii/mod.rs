@@ -10,7 +10,10 @@ pub(crate) mod nats;
 pub(crate) mod provision;
 mod status;
 
-use super::{report_fields, StateLocation, Answer, Answers, Backend, Enrolment, FromSettings, StepOutcome, StoredFile};
+use super::{
+    report_fields, Answer, Answers, Backend, Enrolment, FromSettings, StateLocation, StepOutcome,
+    StoredFile,
+};
 use crate::config::{CaBundle, Common, Declarations, Resolver};
 use crate::csr::{build_csr_pem, CsrSubject};
 use crate::error::{Error, ErrorKind, Result};

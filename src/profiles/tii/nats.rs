@@ -387,7 +387,10 @@ mod tests {
                 .to_string(),
         )
         .unwrap();
-        for result in [twice.as_slice(), br#"{"status": "success", "alias": ["s3cr3t-token"]}"#] {
+        for result in [
+            twice.as_slice(),
+            br#"{"status": "success", "alias": ["s3cr3t-token"]}"#,
+        ] {
             let error = interpret(result).err().unwrap().to_string();
             assert!(error.contains("not the expected JSON"), "{error}");
             assert!(!error.contains("s3cr3t"), "{error}");
