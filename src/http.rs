@@ -316,6 +316,12 @@ pub fn server_message(body: &[u8]) -> String {
         }
         _ => text.to_string(),
     };
+    shown(&message)
+}
+
+/// A server's words as they may reach a terminal, a log or an error:
+/// control characters (escape sequences) as spaces, bounded in length.
+pub fn shown(message: &str) -> String {
     // Trimmed after the control characters became spaces: an escape
     // sequence at either end would otherwise leave a space there.
     let spaced: String = message
@@ -368,6 +374,11 @@ mod tests {
         assert_eq!(server_message(b"\x05missing\x00"), "missing");
         assert_eq!(server_message(b"\x1b[31mError\x07"), "[31mError");
         assert!(server_message(&[b'x'; 5000]).ends_with("..."));
+        // What an OAuth server says goes to the technician's terminal too.
+        assert_eq!(
+            shown("https://x/\x1b]0;owned\x07verify"),
+            "https://x/ ]0;owned verify"
+        );
     }
 
     #[test]

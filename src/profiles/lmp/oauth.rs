@@ -52,8 +52,8 @@ pub async fn device_flow(
     let expires = Duration::from_secs(auth.expires_in).min(MAX_EXPIRY);
     prompt(&format!(
         "Visit {} and enter the code {} to authorise this device ({}); the code expires in {} minutes.",
-        auth.verification_uri,
-        auth.user_code,
+        http::shown(&auth.verification_uri),
+        http::shown(&auth.user_code),
         client_id,
         expires.as_secs().div_ceil(60)
     ));
@@ -217,7 +217,7 @@ impl Approval<'_> {
                 let description = error_description
                     .map(|d| format!(": {d}"))
                     .unwrap_or_default();
-                Err(Waiting::Refused(format!("{e}{description}")))
+                Err(Waiting::Refused(http::shown(&format!("{e}{description}"))))
             }
             (status, _) if status >= 500 || status == 429 => {
                 Err(Waiting::Http(response.into_error()))
