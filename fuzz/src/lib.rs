@@ -170,6 +170,32 @@ pub fn dps_factory(data: &[u8]) {
     }
 }
 
+/// DPS's operation status (`azure_dps/dps.rs` `decide`, then
+/// `assignment`), for a register and for a poll: an assignment names a hub
+/// and a device without control characters; what is shown otherwise has
+/// none either (it goes to the log and the terminal); the operation polled
+/// next is usable.
+pub fn dps_status(data: &[u8]) {
+    for polled in [
+        None,
+        Some("4.fd7c3b9fcece0b69.48bad530c2b29596025aeba570bf30e4"),
+    ] {
+        match azure_dps::dps_operation_status(data, polled, DPS_ID) {
+            Ok((hub, device)) => {
+                for value in [&hub, &device] {
+                    assert!(!value.is_empty() && !value.chars().any(char::is_control));
+                }
+            }
+            Err((shown, next)) => {
+                assert!(!shown.chars().any(char::is_control), "{shown:?}");
+                if let Some(operation) = next {
+                    assert!(!operation.is_empty() && operation.len() <= 200);
+                }
+            }
+        }
+    }
+}
+
 /// Losant's registration answer (`losant/api.rs` `parse_credentials`): no
 /// error quotes the answer, `Debug` hides the access secret, and the
 /// credentials file parses back to the same credentials.

@@ -33,6 +33,7 @@ macro_rules! targets {
 targets!(
     lmp_answer,
     dps_factory,
+    dps_status,
     losant_credentials,
     losant_jwt,
     tii_provision,

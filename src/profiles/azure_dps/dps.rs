@@ -301,45 +301,87 @@ impl Asking<'_> {
         })
     }
 
-    /// What DPS's answer means; `polled`: the operation the question was
-    /// about (none for a register).
+    /// What DPS's answer means ([`decide`]), kept for the next question.
     fn interpret(
         &self,
         response: &http::Response,
         polled: Option<String>,
     ) -> std::result::Result<RegistrationState, Pending> {
-        let answer = parse(response)?;
-        let state = answer.registration_state.unwrap_or_default();
-        match answer.status.as_str() {
-            "assigned" => Ok(state),
-            "assigning" | "unassigned" => {
-                let operation_id = answer.operation_id.or(polled).ok_or_else(|| {
-                    Pending::Bad("DPS is assigning the device but named no operationId".into())
-                })?;
-                if operation_id.is_empty() || operation_id.len() > 200 {
-                    return Err(Pending::Bad("DPS named an unusable operationId".into()));
-                }
-                *self.operation.borrow_mut() = Some(operation_id);
-                Err(Pending::Assigning {
-                    retry_after: response.retry_after,
-                })
-            }
-            "disabled" => {
-                self.disabled.set(true);
-                Err(Pending::Disabled { wait: self.boot })
-            }
-            "failed" => Err(Pending::Failed {
-                code: state.error_code,
-                // DPS's words go to the log: cleaned and bounded.
-                message: state
-                    .error_message
-                    .map(|m| http::server_message(m.as_bytes())),
-            }),
-            other => Err(Pending::Bad(format!(
-                "DPS answered the unknown status {:?}",
-                other.chars().take(40).collect::<String>()
-            ))),
+        let decision = decide(response, polled, self.boot);
+        if matches!(decision.outcome, Err(Pending::Disabled { .. })) {
+            self.disabled.set(true);
         }
+        *self.operation.borrow_mut() = decision.operation;
+        decision.outcome
+    }
+}
+
+/// What one operation status from DPS means, and the operation to poll
+/// next (only while DPS is assigning).
+struct Decision {
+    outcome: std::result::Result<RegistrationState, Pending>,
+    operation: Option<String>,
+}
+
+/// What DPS's answer means, apart from any request (the fuzz targets call
+/// it too); `polled`: the operation the question was about (none for a
+/// register); `boot`: a disabled enrollment is worth waiting for.
+fn decide(response: &http::Response, polled: Option<String>, boot: bool) -> Decision {
+    let refused = |pending| Decision {
+        outcome: Err(pending),
+        operation: None,
+    };
+    let answer = match parse(response) {
+        Ok(answer) => answer,
+        Err(pending) => return refused(pending),
+    };
+    let state = answer.registration_state.unwrap_or_default();
+    match answer.status.as_str() {
+        "assigned" => Decision {
+            outcome: Ok(state),
+            operation: None,
+        },
+        "assigning" | "unassigned" => match answer.operation_id.or(polled) {
+            None => refused(Pending::Bad(
+                "DPS is assigning the device but named no operationId".into(),
+            )),
+            Some(id) if id.is_empty() || id.len() > 200 => {
+                refused(Pending::Bad("DPS named an unusable operationId".into()))
+            }
+            Some(id) => Decision {
+                outcome: Err(Pending::Assigning {
+                    retry_after: response.retry_after,
+                }),
+                operation: Some(id),
+            },
+        },
+        "disabled" => refused(Pending::Disabled { wait: boot }),
+        "failed" => refused(Pending::Failed {
+            code: state.error_code,
+            // DPS's words go to the log: cleaned and bounded.
+            message: state
+                .error_message
+                .map(|m| http::server_message(m.as_bytes())),
+        }),
+        other => refused(Pending::Bad(format!(
+            "DPS answered the unknown status {:?}",
+            other.chars().take(40).collect::<String>()
+        ))),
+    }
+}
+
+/// An operation status as the registration reads it: the assignment DPS
+/// decided on, else why there is none yet (or none at all) and the
+/// operation to poll next; for the fuzz targets.
+pub(crate) fn read_operation_status(
+    response: &http::Response,
+    polled: Option<String>,
+    id: &str,
+) -> std::result::Result<Assignment, (String, Option<String>)> {
+    let decision = decide(response, polled, true);
+    match decision.outcome {
+        Ok(state) => assignment(state, id).map_err(|e| (e.to_string(), None)),
+        Err(pending) => Err((pending.to_string(), decision.operation)),
     }
 }
 

@@ -55,3 +55,21 @@ pub fn dps_stored_certificate(
     let ca = factory_ca(factory_ca_pem);
     super::factory::check_chain(pem, public_key, id, ca.as_ref(), now).map(dps_certificate)
 }
+
+/// One operation status from DPS (the register's or a poll's answer, HTTP
+/// 200), read as the registration reads it (`dps.rs` `decide`, then
+/// `assignment`): the assigned hub and device id, or what is shown instead
+/// and the operation the next poll asks about.
+pub fn dps_operation_status(
+    body: &[u8],
+    polled: Option<&str>,
+    id: &str,
+) -> Result<(String, String), (String, Option<String>)> {
+    let response = crate::http::Response {
+        status: 200,
+        retry_after: None,
+        body: body.to_vec(),
+    };
+    super::dps::read_operation_status(&response, polled.map(str::to_string), id)
+        .map(|assignment| (assignment.assigned_hub, assignment.device_id))
+}
